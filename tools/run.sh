@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The main job as it stands: a local Anvil chain on 127.0.0.1:$PORT (state kept in
+# .cache/anvil-state.json across restarts), chainbill deployed on it once, the manifest
+# printed, and the indexer following the chain into the SQL mirror ($DATABASE_URL, default
+# sqlite:///chainbill.sqlite). Stays in the foreground until Ctrl-C.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PATH="$ROOT/.venv/bin:$PATH"
+PORT="${CHAINBILL_RPC_PORT:-8545}"
+RPC="http://127.0.0.1:$PORT"
+MANIFEST="deployments/local.json"
+mkdir -p .cache
+
+rpc() {
+  curl -s -m 2 -H 'Content-Type: application/json' \
+    -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":$2}" "$RPC"
+}
+
+ANVIL_PID=""
+if rpc eth_chainId '[]' | grep -q result; then
+  echo "==> using the chain already answering at $RPC"
+else
+  echo "==> starting Anvil at $RPC (state: .cache/anvil-state.json)"
+  anvil --port "$PORT" --state .cache/anvil-state.json --silent &
+  ANVIL_PID=$!
+  trap 'kill "$ANVIL_PID" 2>/dev/null || true; wait "$ANVIL_PID" 2>/dev/null || true' EXIT INT TERM
+  for _ in $(seq 1 50); do
+    rpc eth_chainId '[]' | grep -q result && break
+    sleep 0.2
+  done
+  rpc eth_chainId '[]' | grep -q result || { echo "run: Anvil did not start on port $PORT (in use?)" >&2; exit 1; }
+fi
+
+deployed() {
+  [ -f "$MANIFEST" ] || return 1
+  local address
+  address="$(python3 -c "import json;print(json.load(open('$MANIFEST'))['contracts']['SubscriptionManager']['address'])")"
+  [ "$(rpc eth_getCode "[\"$address\",\"latest\"]" | python3 -c 'import json,sys;print(len(json.load(sys.stdin)["result"]))')" -gt 2 ]
+}
+
+if deployed; then
+  echo "==> chainbill is already deployed on this chain ($MANIFEST)"
+  cat "$MANIFEST"
+else
+  echo "==> deploying chainbill"
+  APE_FOUNDRY_HOST="$RPC" ape run deploy --network ethereum:local:foundry --account TEST::0 \
+    --manifest "$MANIFEST" 2>&1 | grep -v '^INFO:'
+fi
+
+echo "==> indexing into ${DATABASE_URL:-sqlite:///chainbill.sqlite} (chainbill index)"
+RPC_URL="$RPC" CHAINBILL_MANIFEST="$MANIFEST" chainbill index --quiet &
+INDEXER_PID=$!
+trap 'kill "$INDEXER_PID" 2>/dev/null || true; [ -z "$ANVIL_PID" ] || kill "$ANVIL_PID" 2>/dev/null || true; wait 2>/dev/null || true' EXIT INT TERM
+echo "==> chain at $RPC, mirror following; merchant scripts and \`chainbill reconcile\`: see README. Ctrl-C stops."
+wait "$INDEXER_PID"
