@@ -1,0 +1,2 @@
+"""The SQL mirror of the contracts: models, types, engine and the repository that holds
+every query."""

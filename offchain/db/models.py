@@ -1,0 +1,347 @@
+"""The mirror's tables.
+
+Three kinds:
+
+- the raw event log (`raw_events`): every contract log, append-only, unique by
+  (chain id, block hash, log index) — the audit trail the rest is rebuilt from;
+- facts, one row per event (`charges`, `invoice_payments`, ...): insert-only, each carrying
+  the block and log it came from, so rolling back a reorg deletes them by block;
+- projections, the current state of an entity (`plans`, `subscriptions`, `invoices`,
+  approvals): updated as events arrive; inside the unconfirmed window each change first
+  saves the row as it was into `projection_undo`, which a reorg rollback replays backwards.
+
+Amounts are `Uint256` (exact in every database); addresses and hashes are lowercase
+0x-hex text; times are unix seconds, as on-chain.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from offchain.db.types import Uint256
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+Address = String(42)
+Hash = String(66)
+
+
+class SubscriptionState(StrEnum):
+    """Stored lifecycle state, as the contract keeps it (time-derived status is computed)."""
+
+    LIVE = "live"
+    CANCELED = "canceled"
+    LAPSED = "lapsed"
+
+
+class InvoiceStatus(StrEnum):
+    OPEN = "open"
+    PARTIALLY_PAID = "partially_paid"
+    PAID = "paid"
+    VOID = "void"
+
+
+class ChargeFailureReason(StrEnum):
+    INSUFFICIENT_ALLOWANCE = "insufficient_allowance"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    TRANSFER_REJECTED = "transfer_rejected"
+
+
+# --------------------------------------------------------------- indexer state
+
+
+class IndexerState(Base):
+    """The cursor: everything up to `last_block` is in the mirror, in the same transaction."""
+
+    __tablename__ = "indexer_state"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    last_block: Mapped[int] = mapped_column(BigInteger)
+    last_block_hash: Mapped[str] = mapped_column(Hash)
+    finalized_block: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Block(Base):
+    """Headers of the blocks in the unconfirmed window, to detect a changed parent."""
+
+    __tablename__ = "blocks"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[str] = mapped_column(Hash)
+    parent_hash: Mapped[str] = mapped_column(Hash)
+    timestamp: Mapped[int] = mapped_column(BigInteger)
+
+
+class RawEvent(Base):
+    """Every log of the watched contracts, as received: the append-only audit trail."""
+
+    __tablename__ = "raw_events"
+    __table_args__ = (
+        UniqueConstraint("chain_id", "block_hash", "log_index", name="uq_raw_events_log"),
+        Index("ix_raw_events_chain_block", "chain_id", "block_number"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    block_hash: Mapped[str] = mapped_column(Hash)
+    block_time: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(Hash)
+    log_index: Mapped[int] = mapped_column(Integer)
+    contract: Mapped[str] = mapped_column(Address)
+    event: Mapped[str] = mapped_column(String(64))
+    topics: Mapped[str] = mapped_column(Text)  # comma-separated 0x-hex topics
+    data: Mapped[str] = mapped_column(Text)  # 0x-hex
+
+
+class ProjectionUndo(Base):
+    """A projection row as it was before a block in the unconfirmed window changed it."""
+
+    __tablename__ = "projection_undo"
+    __table_args__ = (Index("ix_projection_undo_chain_block", "chain_id", "block_number"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    table_name: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(Text)  # JSON of the primary key
+    old_row: Mapped[str | None] = mapped_column(Text)  # JSON, or NULL when the row was new
+
+
+# ------------------------------------------------------------------------ facts
+
+
+class _Fact:
+    """Where a fact came from: one log. Unique per log, so a replay cannot double it."""
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    block_hash: Mapped[str] = mapped_column(Hash, primary_key=True)
+    log_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    block_time: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(Hash)
+    contract: Mapped[str] = mapped_column(Address)
+
+
+class Charge(_Fact, Base):
+    __tablename__ = "charges"
+    __table_args__ = (Index("ix_charges_subscription", "chain_id", "contract", "subscription_id"),)
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger)
+    period_start: Mapped[int] = mapped_column(BigInteger)
+    paid_through: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(Uint256)
+    fee: Mapped[int] = mapped_column(Uint256)
+
+
+class ChargeFailure(_Fact, Base):
+    __tablename__ = "charge_failures"
+    __table_args__ = (
+        Index("ix_charge_failures_subscription", "chain_id", "contract", "subscription_id"),
+    )
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger)
+    due_at: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(Uint256)
+    reason: Mapped[str] = mapped_column(String(32))
+
+
+class UsageReport(_Fact, Base):
+    __tablename__ = "usage_reports"
+    __table_args__ = (
+        Index("ix_usage_reports_subscription", "chain_id", "contract", "subscription_id"),
+    )
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger)
+    usage_record_id: Mapped[str] = mapped_column(Hash)
+    units: Mapped[int] = mapped_column(Uint256)
+    unbilled_units: Mapped[int] = mapped_column(Uint256)
+    billable_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageCharge(_Fact, Base):
+    __tablename__ = "usage_charges"
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    units: Mapped[int] = mapped_column(Uint256)
+    overage_amount: Mapped[int] = mapped_column(Uint256)
+
+
+class CreditApplication(_Fact, Base):
+    __tablename__ = "credit_applications"
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    amount: Mapped[int] = mapped_column(Uint256)
+    remaining_credit: Mapped[int] = mapped_column(Uint256)
+
+
+class PlanChange(_Fact, Base):
+    __tablename__ = "plan_changes"
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    from_plan_id: Mapped[int] = mapped_column(BigInteger)
+    to_plan_id: Mapped[int] = mapped_column(BigInteger)
+    charged: Mapped[int] = mapped_column(Uint256)
+    fee: Mapped[int] = mapped_column(Uint256)
+    credit: Mapped[int] = mapped_column(Uint256)
+    max_amount_per_period: Mapped[int] = mapped_column(Uint256)
+
+
+class SubscriptionCancellation(_Fact, Base):
+    __tablename__ = "subscription_cancellations"
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    canceled_by: Mapped[str] = mapped_column(Address)
+    effective_at: Mapped[int] = mapped_column(BigInteger)
+    at_period_end: Mapped[bool] = mapped_column(Boolean)
+
+
+class SubscriptionLapse(_Fact, Base):
+    __tablename__ = "subscription_lapses"
+
+    subscription_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    lapsed_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class InvoicePayment(_Fact, Base):
+    __tablename__ = "invoice_payments"
+
+    invoice_id: Mapped[str] = mapped_column(Hash, index=True)
+    payer: Mapped[str] = mapped_column(Address, index=True)
+    amount: Mapped[int] = mapped_column(Uint256)
+    fee: Mapped[int] = mapped_column(Uint256)
+
+
+class InvoiceRefund(_Fact, Base):
+    __tablename__ = "invoice_refunds"
+
+    invoice_id: Mapped[str] = mapped_column(Hash, index=True)
+    recipient: Mapped[str] = mapped_column(Address)
+    amount: Mapped[int] = mapped_column(Uint256)
+
+
+class InvoiceSettlement(_Fact, Base):
+    __tablename__ = "invoice_settlements"
+
+    invoice_id: Mapped[str] = mapped_column(Hash, index=True)
+    settler: Mapped[str] = mapped_column(Address)
+    amount: Mapped[int] = mapped_column(Uint256)
+    fiat_reference: Mapped[str] = mapped_column(Hash)
+
+
+# ------------------------------------------------------------------ projections
+
+
+class Plan(Base):
+    __tablename__ = "plans"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    contract: Mapped[str] = mapped_column(Address, primary_key=True)
+    plan_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    merchant: Mapped[str] = mapped_column(Address, index=True)
+    token: Mapped[str] = mapped_column(Address)
+    price: Mapped[int] = mapped_column(Uint256)
+    period: Mapped[int] = mapped_column(BigInteger)
+    trial_period: Mapped[int] = mapped_column(BigInteger)
+    grace_period: Mapped[int] = mapped_column(BigInteger)
+    unit_price: Mapped[int] = mapped_column(Uint256)
+    included_units: Mapped[int] = mapped_column(Uint256)
+    active: Mapped[bool] = mapped_column(Boolean)
+    created_block: Mapped[int] = mapped_column(BigInteger)
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    contract: Mapped[str] = mapped_column(Address, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    plan_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    subscriber: Mapped[str] = mapped_column(Address, index=True)
+    max_amount_per_period: Mapped[int] = mapped_column(Uint256)
+    started_at: Mapped[int] = mapped_column(BigInteger)
+    paid_through: Mapped[int] = mapped_column(BigInteger, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean)
+    past_due: Mapped[bool] = mapped_column(Boolean)
+    in_trial: Mapped[bool] = mapped_column(Boolean)
+    credit: Mapped[int] = mapped_column(Uint256)
+    unbilled_units: Mapped[int] = mapped_column(Uint256)
+    created_block: Mapped[int] = mapped_column(BigInteger)
+
+
+class Invoice(Base):
+    __tablename__ = "invoices"
+    __table_args__ = (Index("ix_invoices_merchant_due", "merchant", "due_date"),)
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    contract: Mapped[str] = mapped_column(Address, primary_key=True)
+    invoice_id: Mapped[str] = mapped_column(Hash, primary_key=True)
+    merchant: Mapped[str] = mapped_column(Address)
+    customer: Mapped[str] = mapped_column(Address, index=True)
+    reference_hash: Mapped[str] = mapped_column(Hash)
+    token: Mapped[str] = mapped_column(Address)
+    amount: Mapped[int] = mapped_column(Uint256)
+    due_date: Mapped[int] = mapped_column(BigInteger)
+    allow_partial: Mapped[bool] = mapped_column(Boolean)
+    content_hash: Mapped[str] = mapped_column(Hash)
+    paid: Mapped[int] = mapped_column(Uint256)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    issued_block: Mapped[int] = mapped_column(BigInteger)
+    issued_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Approval(Base):
+    """Operators and settlers a merchant approved (`OperatorSet`, `SettlerSet`)."""
+
+    __tablename__ = "approvals"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    contract: Mapped[str] = mapped_column(Address, primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    merchant: Mapped[str] = mapped_column(Address, primary_key=True)
+    grantee: Mapped[str] = mapped_column(Address, primary_key=True)
+    approved: Mapped[bool] = mapped_column(Boolean)
+
+
+FACT_TABLES = [
+    Charge,
+    ChargeFailure,
+    UsageReport,
+    UsageCharge,
+    CreditApplication,
+    PlanChange,
+    SubscriptionCancellation,
+    SubscriptionLapse,
+    InvoicePayment,
+    InvoiceRefund,
+    InvoiceSettlement,
+]
+PROJECTION_TABLES = [Plan, Subscription, Invoice, Approval]

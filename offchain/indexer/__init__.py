@@ -1,0 +1,1 @@
+"""The indexer: contract events into the SQL mirror, reorg-safe and crash-safe."""

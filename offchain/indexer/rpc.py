@@ -1,0 +1,163 @@
+"""A lean JSON-RPC client for the indexer's hot path.
+
+`eth_getLogs` answers are large; web3.py's provider parses them with the standard library
+and wraps every log in attribute dicts, which costs most of the indexer's time. This client
+keeps one HTTP session, parses with orjson and hands back plain dicts. It retries transient
+failures with exponential backoff and names the URL when the node cannot be reached.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+import requests
+
+log = logging.getLogger(__name__)
+
+# Messages providers use when a getLogs range holds too much; the indexer halves the range.
+_RANGE_TOO_LARGE_MARKERS = (
+    "query returned more than",
+    "too many results",
+    "block range",
+    "range is too large",
+    "exceed maximum block range",
+    "limit exceeded",
+    "response size exceeded",
+    "log response size exceeded",
+)
+
+
+class RpcError(RuntimeError):
+    """The node answered with a JSON-RPC error."""
+
+    def __init__(self, method: str, code: int, message: str) -> None:
+        super().__init__(f"{method}: error {code}: {message}")
+        self.method = method
+        self.code = code
+        self.message = message
+
+
+class RangeTooLarge(RpcError):
+    """The node refused a getLogs range as too large or too full."""
+
+
+class NodeUnavailable(RuntimeError):
+    """The node could not be reached after every retry."""
+
+
+class RpcClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._sleep = sleep
+        self._session = requests.Session()
+        self._session.headers["Content-Type"] = "application/json"
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _post(self, payload: Any, what: str) -> Any:
+        body = orjson.dumps(payload)
+        delay = self._backoff
+        for attempt in range(self._retries + 1):
+            try:
+                response = self._session.post(self.url, data=body, timeout=self._timeout)
+                if response.status_code in (429, 502, 503, 504):
+                    raise requests.ConnectionError(f"HTTP {response.status_code}")
+                response.raise_for_status()
+                return orjson.loads(response.content)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt == self._retries:
+                    raise NodeUnavailable(
+                        f"the node at {self.url} did not answer {what} after {self._retries + 1} "
+                        f"attempts ({exc}); is it running? (set RPC_URL to another node)"
+                    ) from exc
+                log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+                self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    def call(self, method: str, params: Sequence[Any]) -> Any:
+        answer = self._post(
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)},
+            method,
+        )
+        return self._result(method, answer)
+
+    def batch(self, method: str, params_list: Sequence[Sequence[Any]]) -> list[Any]:
+        """Several calls of one method in one HTTP request, results in order."""
+        if not params_list:
+            return []
+        first = next(self._ids)
+        payload = [
+            {"jsonrpc": "2.0", "id": first + n, "method": method, "params": list(params)}
+            for n, params in enumerate(params_list)
+        ]
+        self._ids = itertools.count(first + len(payload))
+        answers = self._post(payload, f"{len(payload)} x {method}")
+        if not isinstance(answers, list):
+            return [self._result(method, answers)]
+        by_id = {a["id"]: a for a in answers}
+        return [self._result(method, by_id[first + n]) for n in range(len(payload))]
+
+    @staticmethod
+    def _result(method: str, answer: dict[str, Any]) -> Any:
+        error = answer.get("error")
+        if error:
+            message = str(error.get("message", ""))
+            code = int(error.get("code", 0))
+            if method == "eth_getLogs" and any(
+                m in message.lower() for m in _RANGE_TOO_LARGE_MARKERS
+            ):
+                raise RangeTooLarge(method, code, message)
+            raise RpcError(method, code, message)
+        return answer["result"]
+
+    # ---------------------------------------------------------------- helpers
+
+    def chain_id(self) -> int:
+        return int(self.call("eth_chainId", []), 16)
+
+    def block_number(self) -> int:
+        return int(self.call("eth_blockNumber", []), 16)
+
+    def headers(self, numbers: Sequence[int]) -> list[dict[str, Any]]:
+        """Block headers (no transactions) for `numbers`, in order."""
+        blocks = self.batch("eth_getBlockByNumber", [[hex(n), False] for n in numbers])
+        missing = [n for n, b in zip(numbers, blocks, strict=True) if b is None]
+        if missing:
+            raise RpcError("eth_getBlockByNumber", 0, f"blocks {missing} are not known to the node")
+        return blocks
+
+    def get_logs(
+        self, addresses: Sequence[str], topics: Sequence[str], from_block: int, to_block: int
+    ) -> list[dict[str, Any]]:
+        return list(
+            self.call(
+                "eth_getLogs",
+                [
+                    {
+                        "address": list(addresses),
+                        "topics": [list(topics)],
+                        "fromBlock": hex(from_block),
+                        "toBlock": hex(to_block),
+                    }
+                ],
+            )
+        )
