@@ -1,7 +1,7 @@
 # chainbill: one command for the main job, one for the tests. Both install what they need.
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
-PY_SOURCES := offchain scripts bench tests
+PY_SOURCES := api offchain scripts bench tests
 
 .PHONY: setup run test lint typecheck slither invariants bench-gas bench-indexer abi clean
 
@@ -19,7 +19,7 @@ lint:
 	ruff format --check $(PY_SOURCES)
 
 typecheck:
-	mypy offchain bench tools scripts tests
+	mypy api offchain bench tools scripts tests
 
 slither:  ## Slither over contracts/; fails on untriaged High/Medium findings -> .cache/slither.json
 	@bash tools/slither.sh

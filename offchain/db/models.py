@@ -25,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -345,3 +346,95 @@ FACT_TABLES = [
     InvoiceSettlement,
 ]
 PROJECTION_TABLES = [Plan, Subscription, Invoice, Approval]
+
+
+# ---------------------------------------------------------------------- gateway
+# Tables the gateway owns (not derived from events): never touched by a reorg rollback.
+
+
+class InvoiceDocument(Base):
+    """The off-chain content of an invoice created through the gateway (line items, taxes,
+    notes), stored before its transaction is mined; `content_hash` (keccak-256 of the
+    canonical JSON in `content`) is what the invoice carries on-chain."""
+
+    __tablename__ = "invoice_documents"
+    __table_args__ = (Index("ix_invoice_documents_merchant_created", "merchant", "created_at"),)
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    contract: Mapped[str] = mapped_column(Address, primary_key=True)
+    invoice_id: Mapped[str] = mapped_column(Hash, primary_key=True)
+    merchant: Mapped[str] = mapped_column(Address)
+    reference: Mapped[str] = mapped_column(String(128))
+    reference_hash: Mapped[str] = mapped_column(Hash)
+    customer: Mapped[str] = mapped_column(Address)
+    token: Mapped[str] = mapped_column(Address)
+    amount: Mapped[int] = mapped_column(Uint256)
+    due_date: Mapped[int] = mapped_column(BigInteger)
+    allow_partial: Mapped[bool] = mapped_column(Boolean)
+    content: Mapped[str] = mapped_column(Text)  # canonical JSON
+    content_hash: Mapped[str] = mapped_column(Hash)
+    transaction_hash: Mapped[str | None] = mapped_column(Hash, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    """A merchant's API key: only a SHA-256 of its secret is kept (the key is shown once)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    merchant: Mapped[str] = mapped_column(Address, index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SiweNonce(Base):
+    """A Sign-In with Ethereum nonce: issued once, accepted once, before it expires."""
+
+    __tablename__ = "siwe_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CustomerSession(Base):
+    """A customer signed in with Ethereum; only a SHA-256 of the bearer token is kept."""
+
+    __tablename__ = "customer_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(Address, index=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyRecord(Base):
+    """A POST made with an `Idempotency-Key`: the request's fingerprint and, once it has
+    finished, the response that every retry with the same key gets back."""
+
+    __tablename__ = "idempotency_records"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # who asked
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of method, path, body
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: running
+    response_headers: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class GatewaySecret(Base):
+    """Server-side secrets shared by every gateway worker (the key behind public invoice
+    links) when none is given in the environment."""
+
+    __tablename__ = "gateway_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,120 @@
+"""Dependencies: the gateway, database connections and who is asking."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection
+
+from api.errors import Forbidden, Unauthenticated
+from api.gateway import Gateway
+from offchain import apikeys
+from offchain.db import gateway_repository
+
+SESSION_PREFIX = "cbs_"
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def read_connection(gateway: GatewayDep) -> Iterator[Connection]:
+    with gateway.engine.connect() as conn:
+        yield conn
+
+
+def write_connection(gateway: GatewayDep) -> Iterator[Connection]:
+    """One transaction for the request: committed when the endpoint returns normally."""
+    with gateway.engine.begin() as conn:
+        yield conn
+
+
+ReadConnection = Annotated[Connection, Depends(read_connection)]
+WriteConnection = Annotated[Connection, Depends(write_connection)]
+
+
+class PrincipalKind(StrEnum):
+    MERCHANT = "merchant"
+    CUSTOMER = "customer"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: PrincipalKind
+    address: str  # lowercase 0x-hex: the merchant a key belongs to, or the signed-in wallet
+
+    def can_see(self, *parties: str) -> bool:
+        """Whether this principal is one of an object's parties (merchant, customer, payer)."""
+        return self.address in {p.lower() for p in parties}
+
+
+def session_token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+_bearer = HTTPBearer(auto_error=False, description="A merchant API key or a customer session")
+
+
+def optional_principal(
+    gateway: GatewayDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    if credentials is None:
+        return None
+    token = credentials.credentials
+    with gateway.engine.connect() as conn:
+        if apikeys.looks_like_key(token):
+            key = apikeys.verify_key(conn, token)
+            if key is None:
+                raise Unauthenticated("the API key is unknown or revoked")
+            return Principal(PrincipalKind.MERCHANT, key.merchant)
+        if token.startswith(SESSION_PREFIX):
+            session = gateway_repository.live_session(
+                conn, session_token_sha256(token), datetime.now(UTC)
+            )
+            if session is None or session.chain_id != gateway.chain_id:
+                raise Unauthenticated("the session is unknown or expired: sign in again")
+            return Principal(PrincipalKind.CUSTOMER, session.address)
+    raise Unauthenticated(
+        "the bearer token is neither an API key (cbk_...) nor a session (cbs_...)"
+    )
+
+
+def require_principal(
+    principal: Annotated[Principal | None, Depends(optional_principal)],
+) -> Principal:
+    if principal is None:
+        raise Unauthenticated(
+            "authentication required: a merchant API key or a customer session as "
+            "'Authorization: Bearer ...'"
+        )
+    return principal
+
+
+def require_merchant(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    if principal.kind is not PrincipalKind.MERCHANT:
+        raise Forbidden("this needs a merchant API key")
+    return principal
+
+
+def require_customer(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    if principal.kind is not PrincipalKind.CUSTOMER:
+        raise Forbidden("this needs a customer session (Sign-In with Ethereum)")
+    return principal
+
+
+OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
+AnyPrincipal = Annotated[Principal, Depends(require_principal)]
+MerchantPrincipal = Annotated[Principal, Depends(require_merchant)]
+CustomerPrincipal = Annotated[Principal, Depends(require_customer)]

@@ -1,0 +1,70 @@
+"""The gateway app: `create_app()` for tests and embedding, `app` for uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from api.endpoints import health
+from api.errors import install_error_handlers
+from api.gateway import Gateway
+from api.middleware import (
+    IdempotencyMiddleware,
+    Metrics,
+    MetricsMiddleware,
+    RateLimitMiddleware,
+    TokenBuckets,
+)
+from api.settings import GatewaySettings
+from offchain.db.engine import make_engine, upgrade_schema
+from offchain.manifest import Manifest
+
+API_DESCRIPTION = """chainbill's gateway over the SQL mirror of its contracts.
+
+Amounts are integers in token base units, sent as decimal strings (uint256 does not fit a
+JSON number); times are unix seconds. Authenticate with a merchant API key or a customer
+session (Sign-In with Ethereum) as `Authorization: Bearer ...`. Every POST honours an
+`Idempotency-Key` header. Errors are `{"error": {"code", "message"}}` with a 4xx status."""
+
+
+def create_app(settings: GatewaySettings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or GatewaySettings.from_env()
+    engine = engine or make_engine(settings.database_url)
+    upgrade_schema(engine)
+    manifest = Manifest.load(settings.manifest_path)
+    gateway = Gateway.open(settings, engine, manifest)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="chainbill gateway",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    # Outermost last: metrics see every response, rate limits run before idempotency work.
+    app.add_middleware(IdempotencyMiddleware, engine=engine, metrics=metrics)
+    buckets = (
+        TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+        if settings.rate_limit_per_s > 0
+        else None
+    )
+    app.add_middleware(RateLimitMiddleware, buckets=buckets, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(health.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's factory: `uvicorn --factory api.main:app_from_env`."""
+    return create_app()

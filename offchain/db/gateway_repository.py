@@ -1,0 +1,215 @@
+"""Every SQL statement on the tables the gateway owns (API keys, sign-in nonces and
+sessions, idempotency records, invoice documents, secrets). Functions take a Connection
+inside the caller's transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from offchain.db.models import (
+    ApiKey,
+    Base,
+    CustomerSession,
+    GatewaySecret,
+    IdempotencyRecord,
+    InvoiceDocument,
+    SiweNonce,
+)
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def _insert_new(conn: Connection, model: type[Base], values: dict[str, Any]) -> bool:
+    """Inserts a row; False (and nothing written) when its primary or unique key exists."""
+    try:
+        with conn.begin_nested():
+            conn.execute(_table(model).insert().values(values))
+    except IntegrityError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- API keys
+
+
+def insert_api_key(conn: Connection, values: dict[str, Any]) -> int:
+    result = conn.execute(_table(ApiKey).insert().values(values).returning(ApiKey.id))
+    return int(result.scalar_one())
+
+
+def api_key_by_prefix(conn: Connection, prefix: str) -> ApiKey | None:
+    row = conn.execute(select(_table(ApiKey)).where(ApiKey.prefix == prefix)).first()
+    return None if row is None else ApiKey(**row._mapping)
+
+
+def list_api_keys(conn: Connection, merchant: str | None) -> list[ApiKey]:
+    query = select(_table(ApiKey)).order_by(ApiKey.id)
+    if merchant is not None:
+        query = query.where(ApiKey.merchant == merchant)
+    return [ApiKey(**row._mapping) for row in conn.execute(query)]
+
+
+def revoke_api_key(conn: Connection, prefix: str, at: datetime) -> bool:
+    """Revokes a live key; False when no live key has that prefix."""
+    result = conn.execute(
+        update(_table(ApiKey))
+        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=at)
+    )
+    return bool(result.rowcount)
+
+
+# ------------------------------------------------------------ Sign-In with Ethereum
+
+
+def insert_nonce(conn: Connection, nonce: str, created_at: datetime, expires_at: datetime) -> None:
+    conn.execute(
+        _table(SiweNonce)
+        .insert()
+        .values(nonce=nonce, created_at=created_at, expires_at=expires_at, used_at=None)
+    )
+
+
+def consume_nonce(conn: Connection, nonce: str, now: datetime) -> bool:
+    """Marks an issued, unused, unexpired nonce used; False otherwise. One statement, so two
+    sign-ins racing with the same nonce cannot both succeed."""
+    result = conn.execute(
+        update(_table(SiweNonce))
+        .where(SiweNonce.nonce == nonce, SiweNonce.used_at.is_(None), SiweNonce.expires_at > now)
+        .values(used_at=now)
+    )
+    return bool(result.rowcount)
+
+
+def delete_expired_nonces(conn: Connection, now: datetime) -> None:
+    conn.execute(delete(_table(SiweNonce)).where(SiweNonce.expires_at <= now))
+
+
+def insert_session(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(_table(CustomerSession).insert().values(values))
+
+
+def live_session(conn: Connection, token_sha256: str, now: datetime) -> CustomerSession | None:
+    row = conn.execute(
+        select(_table(CustomerSession)).where(
+            CustomerSession.token_sha256 == token_sha256, CustomerSession.expires_at > now
+        )
+    ).first()
+    return None if row is None else CustomerSession(**row._mapping)
+
+
+def delete_session(conn: Connection, token_sha256: str) -> None:
+    conn.execute(
+        delete(_table(CustomerSession)).where(CustomerSession.token_sha256 == token_sha256)
+    )
+
+
+# ------------------------------------------------------------------- idempotency
+
+
+def claim_idempotency_key(
+    conn: Connection, scope: str, key: str, fingerprint: str, now: datetime
+) -> bool:
+    """Records a request as running under (scope, key); False when the key is taken."""
+    return _insert_new(
+        conn,
+        IdempotencyRecord,
+        {
+            "scope": scope,
+            "key": key,
+            "fingerprint": fingerprint,
+            "status_code": None,
+            "response_headers": None,
+            "response_body": None,
+            "created_at": now,
+        },
+    )
+
+
+def idempotency_record(conn: Connection, scope: str, key: str) -> IdempotencyRecord | None:
+    row = conn.execute(
+        select(_table(IdempotencyRecord)).where(
+            IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
+        )
+    ).first()
+    return None if row is None else IdempotencyRecord(**row._mapping)
+
+
+def complete_idempotency_key(
+    conn: Connection, scope: str, key: str, status_code: int, headers: str, body: bytes
+) -> None:
+    conn.execute(
+        update(_table(IdempotencyRecord))
+        .where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
+        .values(status_code=status_code, response_headers=headers, response_body=body)
+    )
+
+
+def release_idempotency_key(conn: Connection, scope: str, key: str) -> None:
+    conn.execute(
+        delete(_table(IdempotencyRecord)).where(
+            IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
+        )
+    )
+
+
+def delete_idempotency_records_before(conn: Connection, before: datetime) -> int:
+    result = conn.execute(
+        delete(_table(IdempotencyRecord)).where(IdempotencyRecord.created_at < before)
+    )
+    return int(result.rowcount or 0)
+
+
+# ------------------------------------------------------------------ invoice documents
+
+
+def insert_invoice_document(conn: Connection, values: dict[str, Any]) -> bool:
+    """Stores a new invoice's content; False when that invoice already has a document."""
+    return _insert_new(conn, InvoiceDocument, values)
+
+
+def invoice_document(
+    conn: Connection, chain_id: int, contract: str, invoice_id: str
+) -> InvoiceDocument | None:
+    row = conn.execute(
+        select(_table(InvoiceDocument)).where(
+            InvoiceDocument.chain_id == chain_id,
+            InvoiceDocument.contract == contract,
+            InvoiceDocument.invoice_id == invoice_id,
+        )
+    ).first()
+    return None if row is None else InvoiceDocument(**row._mapping)
+
+
+def set_invoice_transaction(
+    conn: Connection, chain_id: int, contract: str, invoice_id: str, transaction_hash: str
+) -> None:
+    conn.execute(
+        update(_table(InvoiceDocument))
+        .where(
+            InvoiceDocument.chain_id == chain_id,
+            InvoiceDocument.contract == contract,
+            InvoiceDocument.invoice_id == invoice_id,
+        )
+        .values(transaction_hash=transaction_hash)
+    )
+
+
+# ------------------------------------------------------------------------ secrets
+
+
+def get_or_create_secret(conn: Connection, name: str, candidate: str, now: datetime) -> str:
+    """The stored secret `name`; `candidate` becomes it when none exists (first worker
+    wins, the others read the winner's)."""
+    _insert_new(conn, GatewaySecret, {"name": name, "value": candidate, "created_at": now})
+    return str(
+        conn.execute(select(GatewaySecret.value).where(GatewaySecret.name == name)).scalar_one()
+    )
