@@ -42,6 +42,19 @@ ANVIL_BIN="$(ls "$ROOT"/node_modules/@foundry-rs/anvil-*/bin/anvil 2>/dev/null |
 [ -n "$ANVIL_BIN" ] || { echo "setup: no Anvil binary under node_modules/@foundry-rs (npm ci failed?)" >&2; exit 1; }
 ln -sf "$ANVIL_BIN" .venv/bin/anvil
 
+step "Chromium for the browser test (Debian's package, driven by Playwright)"
+# Playwright's own browser download is not used: it fetches from a CDN, not a registry.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends chromium \
+      || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+  else
+    echo "setup: /usr/bin/chromium is missing; as root: apt-get install -y chromium" \
+      "(the browser test is skipped without it)" >&2
+  fi
+fi
+
 step "compile contracts"
 PATH="$ROOT/.venv/bin:$PATH" .venv/bin/ape compile --force >/dev/null
 echo "setup: done (solc $SOLC_VERSION, $(.venv/bin/anvil --version | head -n 1))"
