@@ -300,7 +300,14 @@ class Subscription(Base):
 
 class Invoice(Base):
     __tablename__ = "invoices"
-    __table_args__ = (Index("ix_invoices_merchant_due", "merchant", "due_date"),)
+    __table_args__ = (
+        Index("ix_invoices_merchant_due", "merchant", "due_date"),
+        # The gateway's lookups walk these in (due_date, invoice_id) order (keyset pages).
+        Index("ix_invoices_merchant_due_id", "merchant", "due_date", "invoice_id"),
+        Index("ix_invoices_merchant_status_due_id", "merchant", "status", "due_date", "invoice_id"),
+        Index("ix_invoices_customer_due_id", "customer", "due_date", "invoice_id"),
+        Index("ix_invoices_reference_hash", "reference_hash"),
+    )
 
     chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     contract: Mapped[str] = mapped_column(Address, primary_key=True)
