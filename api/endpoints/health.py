@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import GatewayDep
 from api.errors import ChainUnavailable
-from api.schemas.health import Health, IndexerHealth
+from api.schemas.health import Health, IndexerHealth, Pong
 from offchain.db import repository
 
 router = APIRouter(tags=["health"])
@@ -56,6 +56,12 @@ def health(gateway: GatewayDep, response: Response) -> Health:
         chain_id=gateway.chain_id,
         indexer=indexer,
     )
+
+
+@router.get("/ping", response_model=Pong)
+def ping() -> Pong:
+    """Liveness without touching the database or the node: the benchmark's baseline."""
+    return Pong()
 
 
 def _metrics_registry(request: Request) -> object:

@@ -16,3 +16,7 @@ class Health(BaseModel):
     node: bool
     chain_id: int
     indexer: IndexerHealth | None
+
+
+class Pong(BaseModel):
+    ok: bool = True
