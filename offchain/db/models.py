@@ -301,8 +301,9 @@ class Subscription(Base):
 class Invoice(Base):
     __tablename__ = "invoices"
     __table_args__ = (
-        Index("ix_invoices_merchant_due", "merchant", "due_date"),
-        # The gateway's lookups walk these in (due_date, invoice_id) order (keyset pages).
+        # The gateway's lookups walk these in (due_date, invoice_id) order (keyset pages);
+        # the first replaced (merchant, due_date), its prefix, which PostgreSQL preferred
+        # for being smaller and then had to sort each due date's rows by invoice_id.
         Index("ix_invoices_merchant_due_id", "merchant", "due_date", "invoice_id"),
         Index("ix_invoices_merchant_status_due_id", "merchant", "status", "due_date", "invoice_id"),
         Index("ix_invoices_customer_due_id", "customer", "due_date", "invoice_id"),
