@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from api.endpoints import analytics as analytics_endpoints
 from api.endpoints import auth, health
+from api.endpoints import lookups as lookup_endpoints
 from api.errors import install_error_handlers
 from api.gateway import Gateway
 from api.middleware import (
@@ -62,6 +64,8 @@ def create_app(settings: GatewaySettings | None = None, engine: Engine | None = 
     app.add_middleware(RateLimitMiddleware, buckets=buckets, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(health.router)
+    app.include_router(lookup_endpoints.router)
+    app.include_router(analytics_endpoints.router)
     app.include_router(auth.router)
     return app
 
