@@ -1,0 +1,111 @@
+"""Invoice creation and the JSON / PDF view of one invoice."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from api.deps import AnyPrincipal, GatewayDep, MerchantPrincipal, ReadConnection, WriteConnection
+from api.errors import NotFound
+from api.schemas.invoices import CreateInvoiceRequest, CreateInvoiceResponse, InvoiceDetail
+from api.services import invoices, pdf
+from api.services.i18n import negotiate
+
+router = APIRouter(prefix="/v1/invoices", tags=["invoices"])
+
+InvoiceIdPath = Annotated[
+    str,
+    Path(
+        pattern=r"^0x[0-9a-fA-F]{64}$",
+        description="keccak256(abi.encode(merchant, keccak256(reference)))",
+    ),
+]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "example": {"error": {"code": "...", "message": description}},
+            }
+        },
+    }
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CreateInvoiceResponse,
+    responses={
+        401: _error("No or an unknown API key"),
+        403: _error("Not a merchant key, or the gateway's operator is not approved"),
+        409: _error("The reference was already used by this merchant"),
+        422: _error(
+            "Malformed input, unknown token, currency not the token's symbol, due date "
+            "not in the future, total 0 or above 2**96 - 1"
+        ),
+        503: _error("The node does not answer"),
+    },
+)
+def create_invoice(
+    request: CreateInvoiceRequest,
+    gateway: GatewayDep,
+    conn: WriteConnection,
+    principal: MerchantPrincipal,
+) -> CreateInvoiceResponse:
+    """Creates an invoice: totals and taxes computed exactly, the content stored and hashed
+    canonically, and the `issue` transaction either returned unsigned (for the merchant's
+    own key: `transaction`) or sent by the gateway's operator (`transaction_hash`). The
+    invoice id is known at once; the invoice is `pending` until the transaction is mined
+    and indexed."""
+    return invoices.create_invoice(gateway, conn, principal.address, request)
+
+
+_VIEW_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("No credentials, or unknown ones"),
+    404: _error("No such invoice, or not one of yours"),
+    422: _error("Malformed invoice id"),
+}
+
+
+@router.get("/{invoice_id}", response_model=InvoiceDetail, responses=_VIEW_ERRORS)
+def get_invoice(
+    invoice_id: InvoiceIdPath, gateway: GatewayDep, conn: ReadConnection, principal: AnyPrincipal
+) -> InvoiceDetail:
+    """One invoice: its state in the mirror, payments, settlements and refunds, the stored
+    content and whether it matches the on-chain hash. Visible to its merchant and its
+    customer (and payers); anyone else gets 404, so ids cannot be probed."""
+    view = invoices.load_view(gateway, conn, invoice_id)
+    if view is None or not view.visible_to(principal):
+        raise NotFound(f"no invoice {invoice_id.lower()}")
+    return invoices.detail(gateway, view)
+
+
+@router.get(
+    "/{invoice_id}/pdf",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/pdf": {}}, "description": "The invoice as PDF"},
+        **_VIEW_ERRORS,
+    },
+)
+def get_invoice_pdf(
+    invoice_id: InvoiceIdPath,
+    gateway: GatewayDep,
+    conn: ReadConnection,
+    principal: AnyPrincipal,
+    lang: Annotated[str | None, Query(max_length=35, description="en, de or fr")] = None,
+) -> Response:
+    """The invoice as PDF, for its merchant and customer."""
+    view = invoices.load_view(gateway, conn, invoice_id)
+    if view is None or not view.visible_to(principal):
+        raise NotFound(f"no invoice {invoice_id.lower()}")
+    locale = negotiate(lang, None)
+    body = pdf.render(gateway, view, locale)
+    return Response(
+        body,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="invoice-{view.invoice_id[:18]}.pdf"'},
+    )
