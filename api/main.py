@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api.endpoints import analytics as analytics_endpoints
-from api.endpoints import auth, health
+from api.endpoints import auth, health, pages
+from api.endpoints import invoices as invoice_endpoints
 from api.endpoints import lookups as lookup_endpoints
 from api.errors import install_error_handlers
 from api.gateway import Gateway
@@ -67,6 +68,8 @@ def create_app(settings: GatewaySettings | None = None, engine: Engine | None = 
     app.include_router(lookup_endpoints.router)
     app.include_router(analytics_endpoints.router)
     app.include_router(auth.router)
+    app.include_router(invoice_endpoints.router)
+    app.include_router(pages.router)
     return app
 
 
