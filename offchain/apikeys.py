@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection
-from web3 import Web3
 
+from offchain.addresses import InvalidAddress, parse_address
 from offchain.db import gateway_repository
 from offchain.db.models import ApiKey
 
@@ -38,9 +38,10 @@ def _sha256(text: str) -> str:
 
 
 def normalize_merchant(address: str) -> str:
-    if not Web3.is_address(address):
-        raise ApiKeyError(f"{address!r} is not an Ethereum address (0x followed by 40 hex digits)")
-    return address.lower()
+    try:
+        return parse_address(address)
+    except InvalidAddress as exc:
+        raise ApiKeyError(str(exc)) from None
 
 
 def create_key(conn: Connection, merchant: str, name: str) -> CreatedKey:

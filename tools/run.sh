@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The main job as it stands: a local Anvil chain on 127.0.0.1:$PORT (state kept in
 # .cache/anvil-state.json across restarts), chainbill deployed on it once, the manifest
-# printed, and the indexer following the chain into the SQL mirror ($DATABASE_URL, default
-# sqlite:///chainbill.sqlite). Stays in the foreground until Ctrl-C.
+# printed, the indexer following the chain into the SQL mirror ($DATABASE_URL, default
+# sqlite:///chainbill.sqlite), and the gateway serving it on http://127.0.0.1:$API_PORT with
+# a demo API key for the first merchant account. Stays in the foreground until Ctrl-C.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export PATH="$ROOT/.venv/bin:$PATH"
 PORT="${CHAINBILL_RPC_PORT:-8545}"
+API_PORT="${CHAINBILL_API_PORT:-8000}"
+# Anvil's second test account: the demo merchant (the deploy script funds it with TUSD).
+DEMO_MERCHANT="0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 RPC="http://127.0.0.1:$PORT"
 MANIFEST="deployments/local.json"
 mkdir -p .cache
@@ -49,8 +53,32 @@ else
 fi
 
 echo "==> indexing into ${DATABASE_URL:-sqlite:///chainbill.sqlite} (chainbill index)"
-RPC_URL="$RPC" CHAINBILL_MANIFEST="$MANIFEST" chainbill index --quiet &
+export RPC_URL="$RPC" CHAINBILL_MANIFEST="$MANIFEST"
+chainbill migrate >/dev/null
+chainbill index --quiet &
 INDEXER_PID=$!
-trap 'kill "$INDEXER_PID" 2>/dev/null || true; [ -z "$ANVIL_PID" ] || kill "$ANVIL_PID" 2>/dev/null || true; wait 2>/dev/null || true' EXIT INT TERM
+export CHAINBILL_PUBLIC_URL="${CHAINBILL_PUBLIC_URL:-http://127.0.0.1:$API_PORT}"
+chainbill serve --port "$API_PORT" &
+API_PID=$!
+trap 'kill "$INDEXER_PID" "$API_PID" 2>/dev/null || true; [ -z "$ANVIL_PID" ] || kill "$ANVIL_PID" 2>/dev/null || true; wait 2>/dev/null || true' EXIT INT TERM
+
+# A demo API key for the first merchant, made once and kept in .cache (a local demo only:
+# real keys are shown once by `chainbill api-key create` and never stored in clear).
+demo_key_live() {
+  [ -s .cache/demo-merchant-key ] || return 1
+  local prefix
+  prefix="$(cut -d_ -f2 .cache/demo-merchant-key)"
+  chainbill api-key list --merchant "$DEMO_MERCHANT" | grep -q "^$prefix[[:space:]].*live$"
+}
+if ! demo_key_live; then
+  chainbill api-key create --merchant "$DEMO_MERCHANT" --name "make run demo" \
+    > .cache/demo-merchant-key 2>/dev/null
+fi
+for _ in $(seq 1 50); do
+  curl -s -m 1 "http://127.0.0.1:$API_PORT/health" >/dev/null && break
+  sleep 0.2
+done
+echo "==> gateway at http://127.0.0.1:$API_PORT (OpenAPI docs: /docs; health: /health)"
+echo "    demo merchant $DEMO_MERCHANT, API key: $(cat .cache/demo-merchant-key)"
 echo "==> chain at $RPC, mirror following; merchant scripts and \`chainbill reconcile\`: see README. Ctrl-C stops."
-wait "$INDEXER_PID"
+wait "$INDEXER_PID" "$API_PID"
