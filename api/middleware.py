@@ -7,12 +7,14 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import Conflict, GatewayError, IdempotencyKeyReused, InvalidInput, RateLimited
@@ -77,6 +79,31 @@ class Metrics:
         )
 
 
+def _route_template(scope: Scope) -> str:
+    """The route template a request went to, for labels of bounded cardinality. Requests
+    answered before routing (idempotent replays, rate-limit refusals) are matched here, so
+    they count under their route rather than as unmatched."""
+    template = getattr(scope.get("route"), "path", None)
+    if template:
+        return str(template)
+    router = getattr(scope.get("app"), "router", None)
+    return _match_template(getattr(router, "routes", ()), scope) or "unmatched"
+
+
+def _match_template(routes: Iterable[Any], scope: Scope) -> str | None:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's lazily included routers
+        if included is not None:
+            found = _match_template(getattr(included, "routes", ()), scope)
+            if found:
+                return found
+            continue
+        match, _child = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", None) or "unmatched")
+    return None
+
+
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -98,8 +125,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = _route_template(scope)
             self.metrics.requests.labels(scope["method"], template, str(status)).inc()
             self.metrics.latency.labels(scope["method"], template).observe(
                 time.perf_counter() - started
