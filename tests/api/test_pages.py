@@ -89,7 +89,9 @@ def test_page_languages(client: TestClient, issued: dict[str, Any]) -> None:
     german = client.get(issued["path"] + "?lang=de")
     assert german.headers["Content-Language"] == "de"
     assert "Offener Betrag" in german.text and "99,25 TUSD" in german.text
-    assert "Offen" in german.text and "19\u00a0%" in german.text and '<html lang="de">' in german.text
+    assert (
+        "Offen" in german.text and "19\u00a0%" in german.text and '<html lang="de">' in german.text
+    )
     french = client.get(issued["path"], headers={"Accept-Language": "fr-CH, de;q=0.5"})
     assert french.headers["Content-Language"] == "fr"
     assert "Montant dû" in french.text and "99,25\u00a0TUSD" not in french.text
@@ -116,7 +118,7 @@ def test_dates_are_localized(client: TestClient, issued: dict[str, Any]) -> None
 def test_every_message_is_translated() -> None:
     """Every message the page, the PDF and pay.js show has a German and a French text."""
     extracted = {
-        message
+        str(message)
         for _f, _l, message, _c, _x in extract_from_dir(
             str(API_DIR),
             method_map=[("services/**.py", "python"), ("templates/**.html", "jinja2")],
@@ -126,8 +128,10 @@ def test_every_message_is_translated() -> None:
     for locale in ("de", "fr"):
         catalog = i18n.catalog(locale)
         assert catalog is not None
-        missing = [m for m in extracted if not (catalog.get(m) and catalog.get(m).string)]
-        assert missing == [], locale
+        untranslated = [
+            m for m in extracted if (found := catalog.get(m)) is None or not found.string
+        ]
+        assert untranslated == [], locale
 
 
 def test_injection_is_rendered_escaped(
