@@ -7,16 +7,19 @@ due dates and periods by, including after Anvil's time travel), else the wall cl
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from eth_utils import keccak
 from sqlalchemy import Connection
-from web3.exceptions import Web3Exception
 
 from api.deps import Principal, PrincipalKind
 from api.errors import Forbidden, InvalidInput, NotFound
@@ -47,24 +50,78 @@ from offchain.db.models import InvoiceStatus, SubscriptionState
 # ------------------------------------------------------------------------- clock
 
 _NODE_RETRY_S = 5.0
-_node_down_until: dict[str, float] = {}
-_clock_lock = threading.Lock()
+_CLOCK_TIMEOUT_S = 2.0
+_LATEST_BLOCK = json.dumps(
+    {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": ["latest", False]}
+).encode()
+
+
+class ChainClock:
+    """The latest block's timestamp, asked for on every call (a lookup must see Anvil's
+    time travel at once), over a kept-alive plain HTTP connection per thread: about 0.3 ms
+    on loopback where web3.py's stack takes several. While the node does not answer, the
+    wall clock stands in and the node is asked again after a few seconds only."""
+
+    def __init__(self, rpc_url: str) -> None:
+        parts = urlsplit(rpc_url)
+        self._https = parts.scheme == "https"
+        self._usable = parts.scheme in ("http", "https") and parts.hostname is not None
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._headers = {"Content-Type": "application/json"}
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._headers["Authorization"] = (
+                "Basic " + base64.b64encode(credentials.encode()).decode()
+            )
+        self._local = threading.local()
+        self._down_until = 0.0
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = kind(self._host, self._port, timeout=_CLOCK_TIMEOUT_S)
+            self._local.conn = conn
+        return conn
+
+    def _ask(self) -> int:
+        conn = self._connection()
+        try:
+            conn.request("POST", self._path, body=_LATEST_BLOCK, headers=self._headers)
+            response = conn.getresponse()
+            payload = json.loads(response.read())
+        except Exception:
+            conn.close()
+            self._local.conn = None
+            raise
+        return int(payload["result"]["timestamp"], 16)
+
+    def now(self) -> int:
+        if self._usable and time.monotonic() >= self._down_until:
+            # Twice: a kept-alive connection the node has closed fails once, harmlessly.
+            for _attempt in range(2):
+                try:
+                    return self._ask()
+                except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+                    continue
+            self._down_until = time.monotonic() + _NODE_RETRY_S
+        return int(time.time())
+
+
+_clocks: dict[str, ChainClock] = {}
+_clocks_lock = threading.Lock()
 
 
 def chain_now(gateway: Gateway) -> int:
-    """The latest block's timestamp, or the wall clock while the node does not answer
-    (then the node is asked again after a few seconds, not on every request)."""
+    """'Now' for due dates and periods: the chain's latest block time, else the wall clock."""
     url = gateway.chain.rpc_url
-    with _clock_lock:
-        down_until = _node_down_until.get(url, 0.0)
-    if time.monotonic() >= down_until:
-        try:
-            block = gateway.chain.web3.eth.get_block("latest")
-            return int(block["timestamp"])
-        except (Web3Exception, OSError, KeyError):
-            with _clock_lock:
-                _node_down_until[url] = time.monotonic() + _NODE_RETRY_S
-    return int(time.time())
+    with _clocks_lock:
+        clock = _clocks.get(url)
+        if clock is None:
+            clock = _clocks[url] = ChainClock(url)
+    return clock.now()
 
 
 def deployment(gateway: Gateway) -> Deployment:
