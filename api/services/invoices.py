@@ -351,6 +351,10 @@ def load_view(gateway: Gateway, conn: Connection, invoice_id: str) -> InvoiceVie
     return view
 
 
+TOKEN_RETRY_S = 30.0
+_token_failures: dict[tuple[str, str], float] = {}  # (node, token) -> when it failed
+
+
 def view_token(gateway: Gateway, view: InvoiceView) -> tuple[str | None, int | None]:
     """Currency symbol and decimals: from the document, else from the token (None, None
     when the node cannot tell)."""
@@ -358,10 +362,16 @@ def view_token(gateway: Gateway, view: InvoiceView) -> tuple[str | None, int | N
         currency, decimals = view.content.get("currency"), view.content.get("decimals")
         if isinstance(currency, str) and isinstance(decimals, int):
             return currency, decimals
+    key = (gateway.chain.rpc_url, view.token)
+    failed_at = _token_failures.get(key)
+    if failed_at is not None and time.monotonic() - failed_at < TOKEN_RETRY_S:
+        return None, None  # the node could not tell a moment ago: do not wait on it per view
     try:
         info = gateway.chain.token_info(view.token)
     except (GatewayError, ContractLogicError, Web3Exception, OSError):
+        _token_failures[key] = time.monotonic()
         return None, None
+    _token_failures.pop(key, None)
     return info.symbol, info.decimals
 
 

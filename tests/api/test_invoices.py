@@ -482,3 +482,33 @@ def test_injection_looking_input_is_stored_verbatim(
     view = client.get(f"/v1/invoices/{created['invoice_id']}", headers=bearer(merchant_key)).json()
     assert view["reference"] == nasty and view["document"]["notes"] == nasty
     assert view["document"]["line_items"][0]["description"] == nasty
+
+
+def test_views_are_served_from_the_mirror_when_the_node_is_down(
+    client: TestClient,
+    make_client: Callable[..., TestClient],
+    merchant_key: str,
+    mirror: Mirror,
+    token: Any,
+    customer: Any,
+    chain: Any,
+    issue: Callable[..., bytes],
+    invoices: Any,
+    merchant: Any,
+) -> None:
+    created = create(client, merchant_key, invoice_body(token, customer, chain))
+    send(mirror.web3, created["transaction"])
+    direct = "0x" + bytes(invoices.invoiceIdOf(merchant, issue(number="DIRECT-2"))).hex()
+    mirror.sync()
+    offline = make_client(rpc_url="http://127.0.0.1:9")  # nothing listens on the discard port
+    view = offline.get(f"/v1/invoices/{created['invoice_id']}", headers=bearer(merchant_key))
+    assert view.status_code == 200 and view.json()["currency"] == "TUSD"  # from the document
+    bare = offline.get(f"/v1/invoices/{direct}", headers=bearer(merchant_key))
+    assert bare.status_code == 200 and bare.json()["currency"] is None
+    assert offline.get(created["public_url"].removeprefix("http://testserver")).status_code == 200
+    refused = offline.post(
+        "/v1/invoices",
+        json=invoice_body(token, customer, chain, reference="OFFLINE"),
+        headers=bearer(merchant_key),
+    )
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "chain_unavailable"
