@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 
 from api.deps import AnyPrincipal, GatewayDep, ReadConnection
+from api.schemas.common import AddressStr
 from api.schemas.lookups import (
-    ADDRESS_PATTERN,
     ChargePage,
     InvoicePage,
     InvoiceStatusFilter,
@@ -40,7 +40,7 @@ Cursor = Annotated[
     str | None,
     Query(max_length=512, description="next_cursor of the previous page (opaque)"),
 ]
-AddressQuery = Annotated[str | None, Query(pattern=ADDRESS_PATTERN, description="0x address")]
+AddressQuery = Annotated[AddressStr | None, Query()]
 Time = Annotated[int | None, Query(ge=0, le=MAX_TIME, description="unix seconds")]
 Id = Annotated[int | None, Query(ge=0, le=MAX_KEY_INT)]
 
@@ -194,7 +194,7 @@ def statement(
     gateway: GatewayDep,
     principal: AnyPrincipal,
     now: Now,
-    address: Annotated[str, Path(pattern=ADDRESS_PATTERN)],
+    address: Annotated[AddressStr, Path()],
     time_from: Annotated[Time, Query(alias="from", description="at or after (unix s)")] = None,
     time_to: Annotated[Time, Query(alias="to", description="before (unix s); default now")] = None,
 ) -> Statement:

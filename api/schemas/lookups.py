@@ -8,9 +8,6 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
-AMOUNT_PATTERN = r"^[0-9]+$"
-
 Amount = str
 
 

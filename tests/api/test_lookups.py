@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from api.deps import SESSION_PREFIX, session_token_sha256
+from api.endpoints.lookups import current_time
 from api.repository.lookups import Deployment, InvoiceFilter, invoice_query
 from offchain.db import gateway_repository
 from tests.api.conftest import bearer
@@ -259,6 +260,8 @@ def test_who_sees_which_invoices(
         ({"customer": "0x123"}, "customer"),
         ({"merchant": "not-an-address"}, "merchant"),
         ({"customer": "0x" + "g" * 40}, "customer"),
+        # A mixed-case address must carry its EIP-55 checksum (one letter's case flipped).
+        ({"customer": "0x70997970C51812dc3A010C7d01b50e0d17dc79c8"}, "customer"),
         ({"status": "unpaid"}, "status"),
         ({"due_after": -1}, "due_after"),
         ({"due_before": 2**70}, "due_before"),
@@ -694,3 +697,20 @@ def test_clock_falls_back_to_the_wall_clock_when_the_node_is_down(
     client = make_client(rpc_url="http://127.0.0.1:9")
     response = get(client, "/v1/invoices", merchant_key, status="overdue")
     assert response.status_code == 200 and response.json() == {"items": [], "next_cursor": None}
+
+
+def test_now_is_injectable(
+    client: TestClient, mirror: Mirror, merchant_key: str, invoice_book: dict[str, Any]
+) -> None:
+    """'Now' is a dependency: an app can be asked about any instant without moving time."""
+    mirror.sync()
+    app: Any = client.app
+    app.dependency_overrides[current_time] = lambda: invoice_book["due"]["A-7"] + 1
+    try:
+        overdue = walk(client, "/v1/invoices", merchant_key, status="overdue")
+    finally:
+        app.dependency_overrides.clear()
+    assert {i["invoice_id"] for i in overdue} == {
+        invoice_book["ids"][n] for n in ("A-2", "A-4", "A-5", "A-6", "A-7")
+    }
+    assert walk(client, "/v1/invoices", merchant_key, status="overdue") == []
