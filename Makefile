@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PY_SOURCES := api offchain scripts bench tests
 
-.PHONY: setup run test lint typecheck slither invariants bench-gas bench-indexer abi clean
+.PHONY: setup run test lint typecheck slither invariants bench-gas bench-indexer bench-api abi clean
 
 setup:  ## install npm + Python packages, the solc shim and Anvil; compile
 	@bash tools/setup.sh
@@ -35,6 +35,9 @@ clean:
 
 bench-indexer: setup  ## indexer throughput vs raw eth_getLogs, memory, live lag -> bench/results/indexer.json
 	python bench/indexer.py
+
+bench-api: setup  ## gateway lookup/list latency over 1M invoices vs /ping, SQLite + PostgreSQL -> bench/results/api.json
+	python bench/api.py
 
 abi: setup  ## re-export offchain/abi/*.json from the compiled contracts
 	python tools/export_abi.py
