@@ -21,7 +21,11 @@ from offchain.db import gateway_repository
 SESSION_PREFIX = "cbs_"
 
 
-def get_gateway(request: Request) -> Gateway:
+# Dependencies that neither block nor touch the database are `async def`: FastAPI runs
+# plain `def` ones in its thread pool, a thread hop each, on every request.
+
+
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
@@ -29,14 +33,27 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def read_connection(gateway: GatewayDep) -> Iterator[Connection]:
+def request_connection(gateway: GatewayDep) -> Iterator[Connection]:
+    """The request's one database connection, shared by everything the request depends on
+    (FastAPI caches it per request). A request that held a pooled connection while its
+    authentication took a second one could deadlock the pool under load: every worker
+    thread holding one connection and waiting for another."""
     with gateway.engine.connect() as conn:
         yield conn
 
 
-def write_connection(gateway: GatewayDep) -> Iterator[Connection]:
+RequestConnection = Annotated[Connection, Depends(request_connection)]
+
+
+async def read_connection(conn: RequestConnection) -> Connection:
+    return conn
+
+
+def write_connection(conn: RequestConnection) -> Iterator[Connection]:
     """One transaction for the request: committed when the endpoint returns normally."""
-    with gateway.engine.begin() as conn:
+    if conn.in_transaction():  # reads made before (authentication) began one implicitly
+        conn.rollback()
+    with conn.begin():
         yield conn
 
 
@@ -68,30 +85,30 @@ _bearer = HTTPBearer(auto_error=False, description="A merchant API key or a cust
 
 def optional_principal(
     gateway: GatewayDep,
+    conn: RequestConnection,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal | None:
     if credentials is None:
         return None
     token = credentials.credentials
-    with gateway.engine.connect() as conn:
-        if apikeys.looks_like_key(token):
-            key = apikeys.verify_key(conn, token)
-            if key is None:
-                raise Unauthenticated("the API key is unknown or revoked")
-            return Principal(PrincipalKind.MERCHANT, key.merchant)
-        if token.startswith(SESSION_PREFIX):
-            session = gateway_repository.live_session(
-                conn, session_token_sha256(token), datetime.now(UTC)
-            )
-            if session is None or session.chain_id != gateway.chain_id:
-                raise Unauthenticated("the session is unknown or expired: sign in again")
-            return Principal(PrincipalKind.CUSTOMER, session.address)
+    if apikeys.looks_like_key(token):
+        key = apikeys.verify_key(conn, token)
+        if key is None:
+            raise Unauthenticated("the API key is unknown or revoked")
+        return Principal(PrincipalKind.MERCHANT, key.merchant)
+    if token.startswith(SESSION_PREFIX):
+        session = gateway_repository.live_session(
+            conn, session_token_sha256(token), datetime.now(UTC)
+        )
+        if session is None or session.chain_id != gateway.chain_id:
+            raise Unauthenticated("the session is unknown or expired: sign in again")
+        return Principal(PrincipalKind.CUSTOMER, session.address)
     raise Unauthenticated(
         "the bearer token is neither an API key (cbk_...) nor a session (cbs_...)"
     )
 
 
-def require_principal(
+async def require_principal(
     principal: Annotated[Principal | None, Depends(optional_principal)],
 ) -> Principal:
     if principal is None:
@@ -102,13 +119,17 @@ def require_principal(
     return principal
 
 
-def require_merchant(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+async def require_merchant(
+    principal: Annotated[Principal, Depends(require_principal)],
+) -> Principal:
     if principal.kind is not PrincipalKind.MERCHANT:
         raise Forbidden("this needs a merchant API key")
     return principal
 
 
-def require_customer(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+async def require_customer(
+    principal: Annotated[Principal, Depends(require_principal)],
+) -> Principal:
     if principal.kind is not PrincipalKind.CUSTOMER:
         raise Forbidden("this needs a customer session (Sign-In with Ethereum)")
     return principal

@@ -15,11 +15,13 @@ from api.endpoints import lookups as lookup_endpoints
 from api.errors import install_error_handlers
 from api.gateway import Gateway
 from api.middleware import (
+    ConcurrencyLimitMiddleware,
     IdempotencyMiddleware,
     Metrics,
     MetricsMiddleware,
     RateLimitMiddleware,
     TokenBuckets,
+    pool_capacity,
 )
 from api.settings import GatewaySettings
 from offchain.db.engine import make_engine, upgrade_schema
@@ -57,6 +59,7 @@ def create_app(settings: GatewaySettings | None = None, engine: Engine | None = 
     install_error_handlers(app)
     # Outermost last: metrics see every response, rate limits run before idempotency work.
     app.add_middleware(IdempotencyMiddleware, engine=engine, metrics=metrics)
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=pool_capacity(engine))
     buckets = (
         TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
         if settings.rate_limit_per_s > 0

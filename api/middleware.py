@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -177,6 +178,34 @@ class RateLimitMiddleware:
                 await _send_error(send, RateLimited(max(1, math.ceil(wait))))
                 return
         await self.app(scope, receive, send)
+
+
+def pool_capacity(engine: Engine) -> int | None:
+    """How many connections the engine's pool hands out at most; None: no fixed bound."""
+    pool = engine.pool
+    if isinstance(pool, QueuePool):
+        overflow = pool._max_overflow  # no public accessor
+        return None if overflow < 0 else pool.size() + overflow
+    return None
+
+
+class ConcurrencyLimitMiddleware:
+    """At most `limit` requests past this point at once (the others wait here, in the event
+    loop, holding nothing). Set to the pool's capacity, this keeps the database pool from
+    starving the thread pool under overload: without it, requests holding a pooled
+    connection wait for a worker thread while every worker thread waits for a pooled
+    connection, until the pool's timeout fails them all."""
+
+    def __init__(self, app: ASGIApp, limit: int | None) -> None:
+        self.app = app
+        self.semaphore = anyio.Semaphore(limit) if limit else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.semaphore is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        async with self.semaphore:
+            await self.app(scope, receive, send)
 
 
 IDEMPOTENCY_TTL = timedelta(hours=24)

@@ -243,3 +243,20 @@ def test_lowercase_address_in_the_message_is_invalid_input(
     )
     assert response.status_code == 422
     assert "EIP-55" in response.json()["error"]["message"]
+
+
+def test_contract_wallet_signs_in_through_eip_1271(
+    client: TestClient, project: Any, owner: Any, customer: Any, stranger: Any
+) -> None:
+    wallet = owner.deploy(project.MockSmartWallet, customer.address)
+    nonce = client.post("/v1/auth/siwe/nonce").json()["nonce"]
+    text = siwe_text(wallet.address, nonce)
+    forged = client.post(
+        "/v1/auth/siwe/verify", json={"message": text, "signature": sign(text, stranger.private_key)}
+    )
+    assert forged.status_code == 401
+    response = client.post(
+        "/v1/auth/siwe/verify", json={"message": text, "signature": sign(text, customer.private_key)}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["address"] == wallet.address.lower()
