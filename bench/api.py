@@ -7,7 +7,7 @@ For each database, in the same run:
   invoices of ~1,000 merchants and ~50,000 customers, in every status, with due dates over
   two years, plus the ``invoice_payments`` rows of the paid and partially paid ones
   (``executemany`` on SQLite, ``COPY`` on PostgreSQL); one API key per merchant;
-- the gateway served by uvicorn in a subprocess (``--workers``, default 1; rate limits
+- the gateway served by uvicorn in a subprocess (``--workers``, default 2, one per core; rate limits
   off), against a fresh local Anvil with the token and both contracts deployed (the
   gateway reads token metadata from the chain, once per token);
 - load from a separate process on loopback, over keep-alive HTTP/1.1 connections
@@ -158,7 +158,12 @@ def deploy(url: str) -> Deployment:
             "eth_sendTransaction",
             [{"from": owner, "data": bytecode + encode(*args).hex(), "gas": hex(10_000_000)}],
         )
-        receipt = rpc.call("eth_getTransactionReceipt", [tx_hash])
+        receipt = None
+        for _ in range(100):  # automine: the receipt follows at once, or nearly
+            receipt = rpc.call("eth_getTransactionReceipt", [tx_hash])
+            if receipt is not None:
+                break
+            time.sleep(0.05)
         if receipt is None or receipt["status"] != "0x1":
             raise SystemExit(f"deploying {name} failed")
         addresses.append(str(receipt["contractAddress"]).lower())
@@ -886,11 +891,11 @@ def main() -> int:
     parser.add_argument("--merchants", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop req/s (lookup)")
     parser.add_argument("--list-rate", type=float, default=200.0, help="open-loop req/s (list)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per open-loop phase")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per open-loop phase")
     parser.add_argument("--connections", type=int, default=64, help="open-loop connection pool")
     parser.add_argument("--closed-connections", type=int, default=16)
     parser.add_argument("--closed-seconds", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--output", type=Path, default=RESULTS)

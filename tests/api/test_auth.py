@@ -252,11 +252,13 @@ def test_contract_wallet_signs_in_through_eip_1271(
     nonce = client.post("/v1/auth/siwe/nonce").json()["nonce"]
     text = siwe_text(wallet.address, nonce)
     forged = client.post(
-        "/v1/auth/siwe/verify", json={"message": text, "signature": sign(text, stranger.private_key)}
+        "/v1/auth/siwe/verify",
+        json={"message": text, "signature": sign(text, stranger.private_key)},
     )
     assert forged.status_code == 401
     response = client.post(
-        "/v1/auth/siwe/verify", json={"message": text, "signature": sign(text, customer.private_key)}
+        "/v1/auth/siwe/verify",
+        json={"message": text, "signature": sign(text, customer.private_key)},
     )
     assert response.status_code == 200, response.text
     assert response.json()["address"] == wallet.address.lower()
