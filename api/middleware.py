@@ -216,8 +216,9 @@ class IdempotencyMiddleware:
     """Stripe's semantics for `Idempotency-Key` on POST: the first request's response is
     kept for 24 hours and returned to every retry with the same key from the same client
     (header `Idempotent-Replayed: true`); the same key with a different request is refused
-    (422); while the first is still running, a retry gets 409. Server errors (5xx) are not
-    kept, so the retry runs again."""
+    (422); while the first is still running, a retry gets 409. Server errors (5xx) and
+    responses marked `Cache-Control: no-store` (secrets) are not kept, so the retry runs
+    again."""
 
     def __init__(self, app: ASGIApp, engine: Engine, metrics: Metrics) -> None:
         self.app = app
@@ -339,10 +340,19 @@ class IdempotencyMiddleware:
 
     def _finish(self, who: str, key: str, status: int, headers: str, body: bytes) -> None:
         with self.engine.begin() as conn:
-            if status >= 500:
+            if status >= 500 or _no_store(headers):
                 gateway_repository.release_idempotency_key(conn, who, key)
             else:
                 gateway_repository.complete_idempotency_key(conn, who, key, status, headers, body)
+
+
+def _no_store(headers: str) -> bool:
+    """A response marked `Cache-Control: no-store` carries a secret (a session token) that
+    must not sit in the idempotency table: it is not kept, and a retry runs again."""
+    return any(
+        name.lower() == "cache-control" and "no-store" in value.lower()
+        for name, value in json.loads(headers)
+    )
 
 
 def aware(moment: datetime) -> datetime:

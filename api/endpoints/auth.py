@@ -32,8 +32,13 @@ def nonce(gateway: GatewayDep, conn: WriteConnection) -> NonceResponse:
 
 
 @router.post("/siwe/verify", response_model=SessionResponse, responses=_ERRORS)
-def verify(body: VerifyRequest, gateway: GatewayDep, conn: WriteConnection) -> SessionResponse:
-    """Exchanges a signed EIP-4361 message for a customer session token (shown once)."""
+def verify(
+    body: VerifyRequest, gateway: GatewayDep, conn: WriteConnection, response: Response
+) -> SessionResponse:
+    """Exchanges a signed EIP-4361 message for a customer session token (shown once: the
+    answer is not kept for `Idempotency-Key` retries, since only the token's hash is
+    stored)."""
+    response.headers["Cache-Control"] = "no-store"
     session = siwe_service.sign_in(
         conn, gateway, body.message, body.signature, siwe_service.utc_now()
     )

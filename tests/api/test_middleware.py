@@ -190,3 +190,21 @@ def test_metrics_count_requests_replays_and_errors(client: TestClient, merchant_
     assert 'chainbill_http_requests_total{method="GET",route="/ping",status="200"} 1.0' in text
     assert "chainbill_idempotent_replays_total 1.0" in text
     assert 'chainbill_http_request_duration_seconds_count{method="GET",route="/ping"} 1.0' in text
+
+
+def test_a_session_token_is_never_kept_for_replays(
+    client: TestClient, engine: Engine, customer: Any
+) -> None:
+    from tests.api.test_auth import sign, siwe_text
+
+    nonce = client.post("/v1/auth/siwe/nonce").json()["nonce"]
+    text = siwe_text(customer.address, nonce)
+    body = {"message": text, "signature": sign(text, customer.private_key)}
+    first = client.post("/v1/auth/siwe/verify", headers=idempotent("login"), json=body)
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-store"
+    with engine.connect() as conn:
+        kept = conn.execute(select(IdempotencyRecord.response_body)).scalars().all()
+    assert not any(first.json()["token"].encode() in (b or b"") for b in kept)
+    # The retry runs again: the nonce is spent, so it cannot mint a second session.
+    retry = client.post("/v1/auth/siwe/verify", headers=idempotent("login"), json=body)
+    assert retry.status_code == 401 and "already used" in retry.json()["error"]["message"]
