@@ -19,6 +19,10 @@ import requests
 
 log = logging.getLogger(__name__)
 
+# Headers asked for in one HTTP request at most: nodes and providers cap batch sizes, and a
+# bounded request keeps each answer small.
+HEADERS_PER_REQUEST = 1_000
+
 # Messages providers use when a getLogs range holds too much; the indexer halves the range.
 _RANGE_TOO_LARGE_MARKERS = (
     "query returned more than",
@@ -68,6 +72,17 @@ class RpcClient:
         self._session = requests.Session()
         self._session.headers["Content-Type"] = "application/json"
         self._ids = itertools.count(1)
+
+    def clone(self) -> RpcClient:
+        """A client of the same node with the same settings and a session of its own: a
+        `requests.Session` is not thread-safe, so each thread talks through its own."""
+        return RpcClient(
+            self.url,
+            timeout=self._timeout,
+            retries=self._retries,
+            backoff=self._backoff,
+            sleep=self._sleep,
+        )
 
     def close(self) -> None:
         self._session.close()
@@ -138,8 +153,12 @@ class RpcClient:
         return int(self.call("eth_blockNumber", []), 16)
 
     def headers(self, numbers: Sequence[int]) -> list[dict[str, Any]]:
-        """Block headers (no transactions) for `numbers`, in order."""
-        blocks = self.batch("eth_getBlockByNumber", [[hex(n), False] for n in numbers])
+        """Block headers (no transactions) for `numbers`, in order, at most
+        `HEADERS_PER_REQUEST` to an HTTP request."""
+        blocks: list[Any] = []
+        for start in range(0, len(numbers), HEADERS_PER_REQUEST):
+            chunk = numbers[start : start + HEADERS_PER_REQUEST]
+            blocks += self.batch("eth_getBlockByNumber", [[hex(n), False] for n in chunk])
         missing = [n for n, b in zip(numbers, blocks, strict=True) if b is None]
         if missing:
             raise RpcError("eth_getBlockByNumber", 0, f"blocks {missing} are not known to the node")
