@@ -2,18 +2,25 @@
 
 Every chainbill event has only static parameters (integers, addresses, booleans, bytes32),
 so each one is a fixed 32-byte word: decoding slices hex instead of going through a generic
-ABI decoder, which is what lets the indexer keep pace with `eth_getLogs`.
+ABI decoder, which is what lets the indexer keep pace with `eth_getLogs`. For each event the
+ABI is turned once into one small function that builds the arguments' dict in a single
+expression (no per-word calls), and a log is decoded into one slotted record that carries
+everything the raw event log, the facts and the projections need: the block number and log
+index are parsed from hex once, here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import keccak
 
 from offchain.abi import load_abi
+
+# The event name recorded in the raw event log for a log no ABI of chainbill describes.
+UNKNOWN_EVENT = "?"
 
 
 class DecodeError(ValueError):
@@ -34,6 +41,15 @@ def _bytes32(word: str) -> str:
 
 def _bool(word: str) -> bool:
     return int(word, 16) != 0
+
+
+# How each static type is read from a 64-digit hex word held in `w` (no 0x).
+_WORD_EXPRESSIONS: dict[Callable[[str], Any], str] = {
+    _uint: "int({w}, 16)",
+    _address: "'0x' + {w}[24:]",
+    _bytes32: "'0x' + {w}",
+    _bool: "int({w}, 16) != 0",
+}
 
 
 def _decoder_for(abi_type: str) -> Callable[[str], Any]:
@@ -60,9 +76,32 @@ class EventSpec:
     indexed: tuple[tuple[str, Callable[[str], Any]], ...]
     data: tuple[tuple[str, Callable[[str], Any]], ...]
 
+    def args_reader(self) -> Callable[[list[str], str], dict[str, Any]]:
+        """A function (topics, 0x-data) -> the arguments' dict, built from the ABI as one
+        dict display: `{"subscriptionId": int(topics[1][2:], 16), "amount": ...}`. The names
+        and types come from the checked-in ABI and are checked before they are compiled."""
+        items = []
+        for n, (name, decode) in enumerate(self.indexed):
+            items.append((name, decode, f"topics[{n + 1}][2:]"))
+        for n, (name, decode) in enumerate(self.data):
+            items.append((name, decode, f"data[{2 + 64 * n}:{2 + 64 * (n + 1)}]"))
+        parts = []
+        for name, decode, word in items:
+            if not name.isidentifier():
+                raise ValueError(f"{self.signature}: parameter name {name!r} is not an identifier")
+            parts.append(f"{name!r}: " + _WORD_EXPRESSIONS[decode].format(w=word))
+        reader: Callable[[list[str], str], dict[str, Any]] = eval(
+            f"lambda topics, data: {{{', '.join(parts)}}}", {"__builtins__": {"int": int}}
+        )
+        return reader
 
-@dataclass(frozen=True)
+
+@dataclass(slots=True)
 class DecodedLog:
+    """One log, decoded. `event` is `UNKNOWN_EVENT` (and `args` empty) for a log of an event
+    chainbill does not know; `block_time` is the log's own `blockTimestamp` when the node
+    sends one (None otherwise: the block's header then gives it)."""
+
     contract: str
     event: str
     args: dict[str, Any]
@@ -72,6 +111,7 @@ class DecodedLog:
     log_index: int
     topics: list[str]
     data: str
+    block_time: int | None = None
 
 
 def _specs(contract_name: str) -> dict[str, EventSpec]:
@@ -96,13 +136,28 @@ def _specs(contract_name: str) -> dict[str, EventSpec]:
     return specs
 
 
+# topic0 -> (event name, arguments reader, number of topics, length of the 0x-data)
+_Reader = tuple[str, Callable[[list[str], str], dict[str, Any]], int, int, EventSpec]
+
+
 class EventDecoder:
-    """Decodes raw JSON-RPC logs of the SubscriptionManager and InvoiceRegistry."""
+    """Decodes raw JSON-RPC logs of the SubscriptionManager and InvoiceRegistry. Stateless
+    once built: one decoder may serve several threads."""
 
     def __init__(self) -> None:
         self._by_topic: dict[str, EventSpec] = {}
         for name in ("SubscriptionManager", "InvoiceRegistry"):
             self._by_topic.update(_specs(name))
+        self._readers: dict[str, _Reader] = {
+            topic0: (
+                spec.name,
+                spec.args_reader(),
+                len(spec.indexed) + 1,
+                2 + 64 * len(spec.data),
+                spec,
+            )
+            for topic0, spec in self._by_topic.items()
+        }
 
     @property
     def topics(self) -> list[str]:
@@ -110,32 +165,42 @@ class EventDecoder:
 
     def decode(self, log: dict[str, Any]) -> DecodedLog | None:
         """The decoded log, or None for a log of an event chainbill does not know."""
-        topics: list[str] = log["topics"]
-        if not topics:
-            return None
-        spec = self._by_topic.get(topics[0])
-        if spec is None:
-            return None
-        data: str = log["data"]
-        body = data[2:]
-        if len(topics) != len(spec.indexed) + 1 or len(body) != 64 * len(spec.data):
-            raise DecodeError(
-                f"{spec.signature} log {log['transactionHash']}#{log['logIndex']} has "
-                f"{len(topics) - 1} indexed and {len(body) // 64} data words"
+        decoded = self.decode_all([log])[0]
+        return None if decoded.event == UNKNOWN_EVENT else decoded
+
+    def decode_all(self, logs: Iterable[dict[str, Any]]) -> list[DecodedLog]:
+        """Every log decoded, in order; logs of events chainbill does not know come back with
+        `UNKNOWN_EVENT` (the raw event log keeps them too)."""
+        readers = self._readers
+        out: list[DecodedLog] = []
+        append = out.append
+        for log in logs:
+            topics: list[str] = log["topics"]
+            data: str = log["data"]
+            reader = readers.get(topics[0]) if topics else None
+            if reader is None:
+                event, args = UNKNOWN_EVENT, {}
+            else:
+                event, read, topic_count, data_length, spec = reader
+                if len(topics) != topic_count or len(data) != data_length:
+                    raise DecodeError(
+                        f"{spec.signature} log {log['transactionHash']}#{log['logIndex']} has "
+                        f"{len(topics) - 1} indexed and {(len(data) - 2) // 64} data words"
+                    )
+                args = read(topics, data)
+            timestamp = log.get("blockTimestamp")
+            append(
+                DecodedLog(
+                    log["address"].lower(),
+                    event,
+                    args,
+                    int(log["blockNumber"], 16),
+                    log["blockHash"],
+                    log["transactionHash"],
+                    int(log["logIndex"], 16),
+                    topics,
+                    data,
+                    None if timestamp is None else int(timestamp, 16),
+                )
             )
-        args: dict[str, Any] = {}
-        for (name, decode), topic in zip(spec.indexed, topics[1:], strict=True):
-            args[name] = decode(topic[2:])
-        for n, (name, decode) in enumerate(spec.data):
-            args[name] = decode(body[64 * n : 64 * (n + 1)])
-        return DecodedLog(
-            contract=log["address"].lower(),
-            event=spec.name,
-            args=args,
-            block_number=int(log["blockNumber"], 16),
-            block_hash=log["blockHash"],
-            tx_hash=log["transactionHash"],
-            log_index=int(log["logIndex"], 16),
-            topics=topics,
-            data=data,
-        )
+        return out
