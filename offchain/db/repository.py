@@ -1,15 +1,32 @@
 """Every SQL statement of the mirror. Functions take a Connection inside the caller's
-transaction: the indexer commits rows and cursor together."""
+transaction: the indexer commits rows and cursor together.
+
+The bulk writes of the indexer (raw events, facts, projections) bypass the ORM's per-row
+parameter processing, which costs more than the database's own work at this volume:
+
+- rows become tuples in column order, with `Uint256` values converted exactly as the
+  column type converts them (zero-padded text on SQLite; on PostgreSQL the integer itself,
+  whose text form NUMERIC reads exactly), and the same errors for what is not a uint256;
+- SQLite gets one `executemany` of a plain `INSERT ... ON CONFLICT` statement;
+- PostgreSQL gets `COPY ... FROM STDIN` for rows that must be new (raw events and facts,
+  which the caller has filtered against the logs already stored), under a savepoint: should
+  the database hold one of them after all, the savepoint is rolled back and the rows go
+  through `INSERT ... ON CONFLICT DO NOTHING`, so the outcome is always that of the
+  conflict-safe insert. Projections, which are updates, use `executemany` of an
+  `INSERT ... ON CONFLICT DO UPDATE`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, select, tuple_
+import psycopg
+from sqlalchemy import Boolean, Connection, Table, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 
 from offchain.db.models import (
     FACT_TABLES,
@@ -20,9 +37,26 @@ from offchain.db.models import (
     ProjectionUndo,
     RawEvent,
 )
+from offchain.db.types import UINT256_MAX, Uint256
 
 _CHUNK = 500
+# The SQLite page cache of the indexer's connection, in KiB (see prepare_bulk_writes).
+SQLITE_CACHE_KIB = 64 * 1024
 _TABLES_BY_NAME: dict[str, type[Base]] = {t.__tablename__: t for t in PROJECTION_TABLES}
+
+# The columns of a raw event row, in the order `insert_raw_events` takes them.
+RAW_EVENT_COLUMNS = (
+    "chain_id",
+    "block_number",
+    "block_hash",
+    "block_time",
+    "tx_hash",
+    "log_index",
+    "contract",
+    "event",
+    "topics",
+    "data",
+)
 
 
 def _table(model: type[Base]) -> Table:
@@ -105,14 +139,123 @@ def existing_logs(conn: Connection, chain_id: int, first: int, last: int) -> set
     return {(block_hash, log_index) for block_hash, log_index in rows}
 
 
-def insert_raw_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+def insert_raw_events(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Raw events, as tuples in `RAW_EVENT_COLUMNS` order, that are not stored yet (a row
+    stored already is left as it is)."""
     if rows:
-        conn.execute(_insert(conn, RawEvent).on_conflict_do_nothing(), list(rows))
+        _insert_new(conn, RawEvent, RAW_EVENT_COLUMNS, rows)
 
 
 def insert_facts(conn: Connection, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
+    """Fact rows of logs not stored yet (a row stored already is left as it is)."""
     if rows:
-        conn.execute(_insert(conn, model).on_conflict_do_nothing(), list(rows))
+        columns = _columns(model)
+        _insert_new(conn, model, columns, list(map(_row_builder(model, conn.dialect), rows)))
+
+
+# ------------------------------------------------------------------- bulk writes
+
+
+def _columns(model: type[Base]) -> tuple[str, ...]:
+    return tuple(c.name for c in _table(model).columns)
+
+
+def _uint256_converter(dialect: Dialect) -> Callable[[Any], Any]:
+    """The stored form of a `Uint256` value, as the column type gives it (same values, same
+    errors): zero-padded text on SQLite, the integer itself for PostgreSQL's COPY."""
+    column_type = Uint256()
+    if dialect.name == "postgresql":
+
+        def to_postgresql(value: Any) -> Any:
+            if type(value) is int and 0 <= value <= UINT256_MAX:
+                return value
+            checked = column_type.process_bind_param(value, dialect)
+            return None if checked is None else int(checked)
+
+        return to_postgresql
+
+    def to_sqlite(value: Any) -> Any:
+        if type(value) is int and 0 <= value <= UINT256_MAX:
+            return f"{value:078d}"
+        return column_type.process_bind_param(value, dialect)
+
+    return to_sqlite
+
+
+_ROW_BUILDERS: dict[tuple[str, str], Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
+
+
+def _row_builder(
+    model: type[Base], dialect: Dialect
+) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """dict row -> tuple in `_columns(model)` order, Uint256 values converted. Compiled once
+    per table and database into one tuple display (the column names are the models' own)."""
+    cache_key = (model.__tablename__, dialect.name)
+    builder = _ROW_BUILDERS.get(cache_key)
+    if builder is None:
+        items = []
+        for column in _table(model).columns:
+            assert column.name.isidentifier(), column.name
+            value = f"row[{column.name!r}]"
+            items.append(f"u256({value})" if isinstance(column.type, Uint256) else value)
+        builder = eval(
+            f"lambda row: ({', '.join(items)},)",
+            {"__builtins__": {}, "u256": _uint256_converter(dialect)},
+        )
+        _ROW_BUILDERS[cache_key] = builder
+    return builder
+
+
+def _copy_in(
+    conn: Connection,
+    cursor: Any,
+    model: type[Base],
+    table: str,
+    columns: Sequence[str],
+    rows: Iterable[tuple[Any, ...]],
+) -> None:
+    """PostgreSQL: COPY rows (tuples in `columns` order) into `table` (the table of `model`
+    or a staging copy of it), in the binary format: less work than text for the server and
+    the client alike."""
+    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_postgresql_types(model, columns, conn.dialect))
+        for row in rows:
+            copy.write_row(row)
+
+
+def _postgresql_types(model: type[Base], columns: Sequence[str], dialect: Dialect) -> list[str]:
+    """The PostgreSQL type of each column, as psycopg names them ('VARCHAR(66)' ->
+    'varchar', 'NUMERIC(78, 0)' -> 'numeric')."""
+    table = _table(model)
+    return [table.c[name].type.compile(dialect=dialect).split("(")[0].lower() for name in columns]
+
+
+def _insert_new(
+    conn: Connection, model: type[Base], columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Inserts rows (tuples in `columns` order, values in stored form) that the caller knows
+    to be new; one that is stored already is skipped, as ON CONFLICT DO NOTHING would."""
+    table = model.__tablename__
+    names = ", ".join(columns)
+    if conn.dialect.name == "sqlite":
+        marks = ", ".join("?" for _ in columns)
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING", list(rows)
+        )
+        return
+    if conn.dialect.name != "postgresql":
+        raise RuntimeError(f"unsupported database {conn.dialect.name!r}: use SQLite or PostgreSQL")
+    try:
+        with conn.begin_nested():
+            dbapi: Any = conn.connection.dbapi_connection
+            with dbapi.cursor() as cursor:
+                _copy_in(conn, cursor, model, table, columns, rows)
+    except psycopg.errors.UniqueViolation:
+        # Stored already after all (the savepoint undid the COPY): the conflict-safe insert.
+        marks = ", ".join("%s" for _ in columns)
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING", list(rows)
+        )
 
 
 # -------------------------------------------------------------------- projections
@@ -121,34 +264,111 @@ def insert_facts(conn: Connection, model: type[Base], rows: Sequence[dict[str, A
 def load_projections(
     conn: Connection, model: type[Base], keys: Iterable[tuple[Any, ...]]
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The stored rows of `model` for `keys` (missing keys are simply absent)."""
+    """The stored rows of `model` for `keys` (missing keys are simply absent), with the
+    values the ORM would give (ints for Uint256, bools for Boolean)."""
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return {}
     table = _table(model)
     pk = _primary_key(model)
-    columns = [table.c[name] for name in pk]
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
-        for row in conn.execute(select(table).where(tuple_(*columns).in_(chunk))):
-            data = dict(row._mapping)
-            found[tuple(data[name] for name in pk)] = data
+    if len(pk) != 3:
+        columns = [table.c[name] for name in pk]
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            for row in conn.execute(select(table).where(tuple_(*columns).in_(chunk))):
+                data = dict(row._mapping)
+                found[tuple(data[name] for name in pk)] = data
+        return found
+    # (chain id, contract, id): per chain and contract, one column to match, in plain SQL
+    # (the ORM's per-row result processing costs more than the query at this volume).
+    names = _columns(model)
+    read = _row_reader(model, conn.dialect)
+    chain, contract, ident = pk
+    select_sql = f"SELECT {', '.join(names)} FROM {model.__tablename__} "
+    by_owner: dict[tuple[Any, Any], list[Any]] = {}
+    for key in wanted:
+        by_owner.setdefault((key[0], key[1]), []).append(key[2])
+    for (chain_id, address), ids in by_owner.items():
+        if conn.dialect.name == "postgresql":
+            batches = [(f"{chain} = %s AND {contract} = %s AND {ident} = ANY(%s)", [ids])]
+        else:
+            batches = [
+                (
+                    f"{chain} = ? AND {contract} = ? AND {ident} IN ({', '.join('?' * len(part))})",
+                    part,
+                )
+                for part in (ids[n : n + _CHUNK] for n in range(0, len(ids), _CHUNK))
+            ]
+        for where, values in batches:
+            result = conn.exec_driver_sql(
+                select_sql + "WHERE " + where, (chain_id, address, *values)
+            )
+            for values_row in result:
+                data = read(values_row)
+                found[(data[chain], data[contract], data[ident])] = data
     return found
 
 
+def _row_reader(model: type[Base], dialect: Dialect) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """Driver row (values in `_columns(model)` order) -> dict of the values the ORM gives:
+    Uint256 through its own result conversion, Boolean as bool (SQLite stores 0/1)."""
+    uint256 = Uint256()
+    converters: list[tuple[str, Callable[[Any], Any]]] = []
+    for column in _table(model).columns:
+        if isinstance(column.type, Uint256):
+            converters.append((column.name, lambda v: uint256.process_result_value(v, dialect)))
+        elif isinstance(column.type, Boolean) and dialect.name == "sqlite":
+            converters.append((column.name, lambda v: None if v is None else bool(v)))
+    names = _columns(model)
+
+    def read(values: Sequence[Any]) -> dict[str, Any]:
+        data = dict(zip(names, values, strict=True))
+        for name, convert in converters:
+            data[name] = convert(data[name])
+        return data
+
+    return read
+
+
 def upsert_projections(conn: Connection, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
+    """Projection rows as they stand now (one per key): inserted, or replacing the stored
+    row."""
     if not rows:
         return
+    table = model.__tablename__
     pk = _primary_key(model)
-    stmt = _insert(conn, model)
-    others = [c.name for c in _table(model).columns if c.name not in pk]
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=pk, set_={name: stmt.excluded[name] for name in others}
-        ),
-        list(rows),
+    columns = _columns(model)
+    names = ", ".join(columns)
+    update = f"ON CONFLICT ({', '.join(pk)}) DO UPDATE SET " + ", ".join(
+        f"{name} = excluded.{name}" for name in columns if name not in pk
     )
+    tuples = list(map(_row_builder(model, conn.dialect), rows))
+    if conn.dialect.name == "sqlite":
+        marks = ", ".join("?" for _ in columns)
+        conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks}) {update}", tuples)
+        return
+    # PostgreSQL: COPY into a session-private staging table, then one INSERT ... SELECT:
+    # many times cheaper for the server than one INSERT ... ON CONFLICT per row.
+    staging = f"staging_{table}"
+    dbapi: Any = conn.connection.dbapi_connection
+    with dbapi.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "
+            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        cursor.execute(f"TRUNCATE {staging}")
+        _copy_in(conn, cursor, model, staging, columns, tuples)
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} {update}")
+
+
+def prepare_bulk_writes(conn: Connection) -> None:
+    """Sets up a connection for the indexer's bulk writes. On SQLite, a page cache large
+    enough for the indexes that inserts reach at random (unique keys begin with a block
+    hash): the default 2 MB makes every range re-read them. It is a bound, the same whatever
+    the size of the mirror."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
 
 
 def insert_undo(conn: Connection, chain_id: int, entries: Sequence[dict[str, Any]]) -> None:

@@ -62,11 +62,14 @@ class Batch:
     _undo_seen: set[tuple[str, ProjectionKey, int]] = field(default_factory=set)
 
     def current(self, table: type[Base], key: ProjectionKey) -> dict[str, Any] | None:
-        rows = self.projections.setdefault(table, {})
-        if key in rows:
-            return rows[key]
-        loaded = self.loaded.get(table, {}).get(key)
-        return None if loaded is None else dict(loaded)
+        rows = self.projections.get(table)
+        if rows is not None:
+            row = rows.get(key)
+            if row is not None:
+                return row
+        loaded = self.loaded.get(table)
+        row = None if loaded is None else loaded.get(key)
+        return None if row is None else dict(row)
 
     def change(
         self, table: type[Base], key: ProjectionKey, row: dict[str, Any], block: int
@@ -84,7 +87,10 @@ class Batch:
                         "old_row": self.current(table, key),
                     }
                 )
-        self.projections.setdefault(table, {})[key] = row
+        rows = self.projections.get(table)
+        if rows is None:
+            rows = self.projections[table] = {}
+        rows[key] = row
 
     def add_fact(self, table: type[Base], log: DecodedLog, **values: Any) -> None:
         self.facts.setdefault(table, []).append(
@@ -200,9 +206,12 @@ def _subscribed(batch: Batch, log: DecodedLog) -> None:
     batch.change(Subscription, key, row, log.block_number)
 
 
-def _update_subscription(batch: Batch, log: DecodedLog, **changes: Any) -> dict[str, Any]:
+def _update_subscription(
+    batch: Batch, log: DecodedLog, current: dict[str, Any] | None = None, **changes: Any
+) -> dict[str, Any]:
+    """Changes the subscription of the log (`current`: its row, when the caller has it)."""
     key = (batch.chain_id, log.contract, log.args["subscriptionId"])
-    row = {**_require(batch, Subscription, key, log), **changes}
+    row = {**(current or _require(batch, Subscription, key, log)), **changes}
     batch.change(Subscription, key, row, log.block_number)
     return row
 
@@ -225,7 +234,7 @@ def _charged(batch: Batch, log: DecodedLog) -> None:
         changes["state"] = SubscriptionState.CANCELED  # the final (usage-only) charge
     else:
         changes["paid_through"] = a["paidThrough"]
-    _update_subscription(batch, log, **changes)
+    _update_subscription(batch, log, row, **changes)
 
 
 def _charge_failed(batch: Batch, log: DecodedLog) -> None:
