@@ -38,6 +38,8 @@ class GatewaySettings:
     # `rate_limit_burst`; 0 turns rate limiting off.
     rate_limit_per_s: int = 20
     rate_limit_burst: int = 60
+    # How long a worker reuses the newest indexed block's time (overdue is judged by it).
+    block_time_cache_s: float = 1.0
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -53,6 +55,7 @@ class GatewaySettings:
             nonce_ttl_s=_int("CHAINBILL_NONCE_TTL_S", 10 * 60),
             rate_limit_per_s=_int("CHAINBILL_RATE_LIMIT_PER_S", 20),
             rate_limit_burst=_int("CHAINBILL_RATE_LIMIT_BURST", 60),
+            block_time_cache_s=float(os.environ.get("CHAINBILL_BLOCK_TIME_CACHE_S") or 1.0),
         )
 
     def with_overrides(self, **changes: object) -> GatewaySettings:

@@ -74,10 +74,22 @@ def chain_time(gateway: Gateway) -> int:
     return max(head, int(time.time()))
 
 
+_mirror_times: dict[tuple[int, int], tuple[float, int]] = {}  # (gateway, chain) -> (read at, time)
+
+
 def mirror_time(gateway: Gateway, conn: Connection) -> int:
     """The time overdue is judged by, without asking the node: the newest indexed block's
-    time or the wall clock, whichever is later."""
-    indexed = invoices_view.latest_block_time(conn, gateway.chain_id)
+    time or the wall clock, whichever is later. The block time is read at most once per
+    `block_time_cache_s` (default 1 s) per worker: every view would otherwise pay a query
+    for a figure that changes once a block."""
+    key = (id(gateway), gateway.chain_id)
+    now = time.monotonic()
+    cached = _mirror_times.get(key)
+    if cached is not None and now - cached[0] < gateway.settings.block_time_cache_s:
+        indexed: int | None = cached[1]
+    else:
+        indexed = invoices_view.latest_block_time(conn, gateway.chain_id)
+        _mirror_times[key] = (now, indexed or 0)
     return max(indexed or 0, int(time.time()))
 
 
@@ -332,8 +344,7 @@ def load_view(gateway: Gateway, conn: Connection, invoice_id: str) -> InvoiceVie
     """The invoice, or None when neither the mirror nor the documents know it."""
     invoice_id = invoice_id.lower()
     chain_id, registry = gateway.chain_id, gateway.registry
-    row = invoices_view.invoice(conn, chain_id, registry, invoice_id)
-    document = gateway_repository.invoice_document(conn, chain_id, registry, invoice_id)
+    row, document = invoices_view.invoice_and_document(conn, chain_id, registry, invoice_id)
     if row is None and document is None:
         return None
     view = InvoiceView(
@@ -345,9 +356,10 @@ def load_view(gateway: Gateway, conn: Connection, invoice_id: str) -> InvoiceVie
         except ValueError:
             view.content = None  # tampered beyond JSON: content_matches says so
     if row is not None:
-        view.payments = invoices_view.payments(conn, chain_id, registry, invoice_id)
-        view.settlements = invoices_view.settlements(conn, chain_id, registry, invoice_id)
-        view.refunds = invoices_view.refunds(conn, chain_id, registry, invoice_id)
+        movements = invoices_view.money_movements(conn, chain_id, registry, invoice_id)
+        view.payments = movements["payment"]
+        view.settlements = movements["settlement"]
+        view.refunds = movements["refund"]
     return view
 
 

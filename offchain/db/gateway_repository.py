@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from offchain.db.models import (
@@ -45,8 +45,12 @@ def insert_api_key(conn: Connection, values: dict[str, Any]) -> int:
     return int(result.scalar_one())
 
 
+# Built once: every authenticated request runs it.
+_API_KEY_BY_PREFIX = select(_table(ApiKey)).where(_table(ApiKey).c.prefix == bindparam("prefix"))
+
+
 def api_key_by_prefix(conn: Connection, prefix: str) -> ApiKey | None:
-    row = conn.execute(select(_table(ApiKey)).where(ApiKey.prefix == prefix)).first()
+    row = conn.execute(_API_KEY_BY_PREFIX, {"prefix": prefix}).first()
     return None if row is None else ApiKey(**row._mapping)
 
 
