@@ -102,8 +102,8 @@ def index(
             else default_confirmations(deployment.chain_id),
             poll_interval=poll_interval,
         )
-        indexer = Indexer(engine, rpc, config)
-        _run_with_progress(indexer, stop, follow, quiet, lock.still_held)
+        with Indexer(engine, rpc, config) as indexer:  # stops its reading/writing threads
+            _run_with_progress(indexer, stop, follow, quiet, lock.still_held)
     except NodeUnavailable as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(3) from exc

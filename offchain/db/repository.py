@@ -18,6 +18,7 @@ parameter processing, which costs more than the database's own work at this volu
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ from offchain.db.models import (
 from offchain.db.types import UINT256_MAX, Uint256
 
 _CHUNK = 500
+# Bound parameters of one SQLite statement at most (SQLite's own limit is 32,766).
+_SQLITE_VARIABLES = 10_000
 # The SQLite page cache of the indexer's connection, in KiB (see prepare_bulk_writes).
 SQLITE_CACHE_KIB = 64 * 1024
 _TABLES_BY_NAME: dict[str, type[Base]] = {t.__tablename__: t for t in PROJECTION_TABLES}
@@ -188,22 +191,45 @@ _ROW_BUILDERS: dict[tuple[str, str], Callable[[dict[str, Any]], tuple[Any, ...]]
 def _row_builder(
     model: type[Base], dialect: Dialect
 ) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """dict row -> tuple in `_columns(model)` order, Uint256 values converted. Compiled once
-    per table and database into one tuple display (the column names are the models' own)."""
+    """dict row -> tuple in `_columns(model)` order, Uint256 values in stored form. Compiled
+    once per table and database into one tuple display (the column names are the models'
+    own): a uint256 in range is converted inline, anything else goes through the column
+    type itself, which converts None and raises what it raises."""
     cache_key = (model.__tablename__, dialect.name)
     builder = _ROW_BUILDERS.get(cache_key)
     if builder is None:
         items = []
+        stored = "v" if dialect.name == "postgresql" else "f'{v:078d}'"
         for column in _table(model).columns:
             assert column.name.isidentifier(), column.name
             value = f"row[{column.name!r}]"
-            items.append(f"u256({value})" if isinstance(column.type, Uint256) else value)
+            if isinstance(column.type, Uint256):
+                value = (
+                    f"({stored} if type(v := {value}) is int and 0 <= v <= {UINT256_MAX} "
+                    "else u256(v))"
+                )
+            items.append(value)
         builder = eval(
             f"lambda row: ({', '.join(items)},)",
-            {"__builtins__": {}, "u256": _uint256_converter(dialect)},
+            {"__builtins__": {}, "type": type, "int": int, "u256": _uint256_converter(dialect)},
         )
         _ROW_BUILDERS[cache_key] = builder
     return builder
+
+
+def _sqlite_insert(conn: Connection, head: str, tail: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """`head VALUES (...), (...), ... tail` for rows of equal width, many rows a statement:
+    SQLite then inserts a whole chunk in one call that releases the GIL, instead of
+    handing it back and forth for every row (and runs its program once a chunk)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, _SQLITE_VARIABLES // width)
+    one = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        statement = f"{head} VALUES {', '.join([one] * len(chunk))} {tail}"
+        conn.exec_driver_sql(statement, tuple(itertools.chain.from_iterable(chunk)))
 
 
 def _copy_in(
@@ -238,10 +264,7 @@ def _insert_new(
     table = model.__tablename__
     names = ", ".join(columns)
     if conn.dialect.name == "sqlite":
-        marks = ", ".join("?" for _ in columns)
-        conn.exec_driver_sql(
-            f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING", list(rows)
-        )
+        _sqlite_insert(conn, f"INSERT INTO {table} ({names})", "ON CONFLICT DO NOTHING", rows)
         return
     if conn.dialect.name != "postgresql":
         raise RuntimeError(f"unsupported database {conn.dialect.name!r}: use SQLite or PostgreSQL")
@@ -345,8 +368,7 @@ def upsert_projections(conn: Connection, model: type[Base], rows: Sequence[dict[
     )
     tuples = list(map(_row_builder(model, conn.dialect), rows))
     if conn.dialect.name == "sqlite":
-        marks = ", ".join("?" for _ in columns)
-        conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks}) {update}", tuples)
+        _sqlite_insert(conn, f"INSERT INTO {table} ({names})", update, tuples)
         return
     # PostgreSQL: COPY into a session-private staging table, then one INSERT ... SELECT:
     # many times cheaper for the server than one INSERT ... ON CONFLICT per row.

@@ -6,6 +6,20 @@ reorged), the headers of the unconfirmed window, and the cursor. A crash at any 
 leaves the database at the end of the last committed range; a replayed range changes
 nothing (logs already stored are skipped).
 
+Ranges are sized by density: the first one is a small probe, and each next one is sized
+from the last answer to hold about `target_logs` logs, so that memory stays flat whatever
+the chain.
+
+During a backfill three ranges are in flight: while range N is written (in a writing
+thread, the database doing its part), range N+1, already read, is checked and turned into
+rows (with the projections as N leaves them), and range N+2 is read from the node (in a
+reading thread with an RpcClient of its own). What was read or prepared ahead is used only
+if the cursor is then exactly where it was expected (block, hash, finalized block), the
+node's head has not gone back, and, for blocks that were still unconfirmed when they were
+read, the node still has the range's last block; otherwise it is dropped and read again.
+`sync_once` returns once its own range is committed. `Indexer.close()` (or a `with` block)
+stops the threads.
+
 Reorgs are found by hash: before a range is indexed, the stored hash of the last indexed
 block is compared with the node's; when it changed, the stored headers of the unconfirmed
 window are walked back to the last block both agree on, everything derived from later
@@ -24,17 +38,18 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
 from offchain.db import repository
-from offchain.db.models import FACT_TABLES
+from offchain.db.models import FACT_TABLES, Base
 from offchain.indexer.decoder import DecodedLog, EventDecoder
-from offchain.indexer.projector import Batch, apply, projection_keys
+from offchain.indexer.projector import Batch, ProjectionKey, apply, projection_keys
 from offchain.indexer.rpc import RangeTooLarge, RpcClient
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class LeadershipLost(RuntimeError):
@@ -58,7 +73,8 @@ class IndexerConfig:
     max_range: int = 200_000
     target_logs: int = 10_000
     max_growth: int = 10
-    # While a range is decoded and written, the next one is fetched in a background thread.
+    # Read the next ranges ahead, and prepare one while the last is written (see above);
+    # False: one range at a time, in the calling thread.
     prefetch: bool = True
     poll_interval: float = 1.0
 
@@ -135,7 +151,7 @@ def _fetch(
     """Logs of blocks first..end and the headers their range needs: every block of the
     unconfirmed window (to find a fork point later), the range end (the cursor), and blocks
     whose logs do not carry their block's time. Touches nothing shared: it runs in the
-    prefetch thread too."""
+    reading thread too."""
     with _gc_paused():
         return _read_range(rpc, decoder, contracts, confirmations, first, end, head, finalized)
 
@@ -174,20 +190,44 @@ class _Pending:
     future: Future[_Fetched]
 
 
-class _Prefetcher:
-    """One background thread running the fetches handed to it, one at a time, through an
-    RpcClient of its own (a requests.Session is not thread-safe)."""
+@dataclass
+class _Prepared:
+    """A range read, checked and turned into rows, ready to be written right after the
+    cursor `after` (last block, its hash, finalized block)."""
 
-    def __init__(self, rpc: RpcClient) -> None:
-        self._rpc = rpc
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[RpcClient], _Fetched], Future[_Fetched]] | None
-        ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="indexer-prefetch", daemon=True)
+    first: int
+    end: int
+    head: int
+    after: tuple[int, str, int]
+    end_hash: str
+    finalized: int
+    raw_rows: list[tuple[Any, ...]]
+    facts: dict[type[Base], list[dict[str, Any]]]
+    projections: dict[type[Base], dict[ProjectionKey, dict[str, Any]]]
+    undo: list[dict[str, Any]]
+    blocks: list[dict[str, Any]]
+
+    @property
+    def events(self) -> int:
+        return len(self.raw_rows)
+
+
+_REORGED = object()  # _check: the range does not follow the cursor's block
+
+
+class _Worker:
+    """One background (daemon) thread running the jobs handed to it, one at a time."""
+
+    def __init__(self, name: str, on_exit: Callable[[], None] | None = None) -> None:
+        self._on_exit = on_exit
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[RpcClient], _Fetched]) -> Future[_Fetched]:
-        future: Future[_Fetched] = Future()
+    def submit(self, job: Callable[[], _T]) -> Future[_T]:
+        future: Future[_T] = Future()
         self._jobs.put((job, future))
         return future
 
@@ -195,19 +235,19 @@ class _Prefetcher:
         try:
             while (item := self._jobs.get()) is not None:
                 job, future = item
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    future.set_result(job(self._rpc))
-                except BaseException as exc:
-                    future.set_exception(exc)
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(job())
+                    except BaseException as exc:
+                        future.set_exception(exc)
                 del item, job, future
         finally:
-            self._rpc.close()
+            if self._on_exit is not None:
+                self._on_exit()
 
     def close(self, timeout: float) -> None:
-        """Stops the thread once its current fetch (if any) is over, waiting that long at
-        most (it is a daemon thread: a node that does not answer cannot hold the process)."""
+        """Stops the thread once its current job (if any) is over, waiting that long at most
+        (a daemon thread: a node that does not answer cannot hold the process)."""
         self._jobs.put(None)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -229,9 +269,12 @@ class Indexer:
         self._range = max(1, config.initial_range)
         self._ceiling: int | None = None  # the longest span not refused lately
         self._ceiling_ranges = 0
-        self._prefetcher: _Prefetcher | None = None
-        self._pending: _Pending | None = None
-        self._closer: weakref.finalize[Any, Any] | None = None
+        self._reader: _Worker | None = None  # reads ranges ahead
+        self._reader_rpc = rpc  # the reading thread's own client (a clone), once it runs
+        self._writer: _Worker | None = None  # writes a range while the next is prepared
+        self._closers: list[weakref.finalize[Any, Any]] = []
+        self._pending: _Pending | None = None  # the next range, being read
+        self._prepared: _Prepared | None = None  # the next range, read and turned into rows
         chain_id = rpc.chain_id()
         if chain_id != config.chain_id:
             raise ValueError(
@@ -241,15 +284,22 @@ class Indexer:
     # --------------------------------------------------------------- lifecycle
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stops the prefetch thread (the RpcClient given to the indexer stays open: it is
-        the caller's). The indexer may still be used afterwards, without prefetching."""
-        self._pending = None
-        if self._closer is not None:
-            self._closer.detach()
-            self._closer = None
-        if self._prefetcher is not None:
-            self._prefetcher.close(timeout)
-            self._prefetcher = None
+        """Stops the background threads (the RpcClient given to the indexer stays open: it
+        is the caller's). The indexer may still be used afterwards: they start again."""
+        self._pending = self._prepared = None
+        for closer in self._closers:
+            closer.detach()
+        self._closers = []
+        for worker in (self._reader, self._writer):
+            if worker is not None:
+                worker.close(timeout)
+        self._reader = self._writer = None
+
+    def _worker(self, name: str, on_exit: Callable[[], None] | None = None) -> _Worker:
+        worker = _Worker(name, on_exit)
+        # An indexer dropped without close() stops its threads too.
+        self._closers.append(weakref.finalize(self, worker.close, 0.0))
+        return worker
 
     def __enter__(self) -> Indexer:
         return self
@@ -261,11 +311,6 @@ class Indexer:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-    @property
-    def range_size(self) -> int:
-        """The span, in blocks, of the next `eth_getLogs` range."""
-        return self._range
 
     # ------------------------------------------------------------------ cursor
 
@@ -328,18 +373,18 @@ class Indexer:
 
     def _prefetch(self, first: int, head: int, finalized: int, after_hash: str) -> None:
         """Starts fetching the range after the one being written."""
-        if self._prefetcher is None:
-            self._prefetcher = _Prefetcher(self._rpc.clone())
-            # An indexer dropped without close() stops its thread too.
-            self._closer = weakref.finalize(self, self._prefetcher.close, 0.0)
+        if self._reader is None:
+            self._reader_rpc = self._rpc.clone()  # used by the reading thread only
+            self._reader = self._worker("indexer-read", self._reader_rpc.close)
+        rpc = self._reader_rpc
         end = min(head, first + self._range - 1)
         decoder, contracts, confirmations = (
             self._decoder,
             self._contracts,
             self._config.confirmations,
         )
-        future = self._prefetcher.submit(
-            lambda rpc: _fetch(rpc, decoder, contracts, confirmations, first, end, head, finalized)
+        future = self._reader.submit(
+            lambda: _fetch(rpc, decoder, contracts, confirmations, first, end, head, finalized)
         )
         self._pending = _Pending(first, end, head, after_hash, future)
 
@@ -359,19 +404,27 @@ class Indexer:
             pending.future.cancel()
             return None
         try:
-            return pending.future.result()
+            fetched = pending.future.result()
         except RangeTooLarge as exc:
             self._refused(pending.end - pending.first + 1, exc)
+            return None
         except Exception:
             log.debug(
                 "prefetching %d..%d failed; reading it again", first, pending.end, exc_info=True
             )
-        return None
+            return None
+        if not self._still_canonical(
+            fetched.end, fetched.headers[fetched.end]["hash"], pending.head
+        ):
+            log.debug("dropping the prefetched range %d..%d: it changed", first, pending.end)
+            return None
+        return fetched
 
     # -------------------------------------------------------------------- sync
 
     def sync_once(self) -> SyncResult | None:
-        """Indexes the next range; None when the mirror is at the head."""
+        """Indexes the next range (committed when this returns); None when the mirror is at
+        the head."""
         with _gc_paused():
             return self._sync_once()
 
@@ -380,32 +433,58 @@ class Indexer:
         head = self._rpc.block_number()
         if head < last:
             # The node is behind us (restarted, or a reorg to a shorter chain).
-            self._pending = None
+            self._pending = self._prepared = None
             return self._handle_reorg(last, head)
         if last > finalized or head == last:
             node_hash = self._rpc.headers([last])[0]["hash"] if last >= 0 else last_hash
             if node_hash != last_hash:
-                self._pending = None
+                self._pending = self._prepared = None
                 return self._handle_reorg(last, head)
         if head == last:
-            self._pending = None
+            self._pending = self._prepared = None
             return None
-        first = last + 1
-        fetched = self._take_prefetch(first, last_hash, head)
-        if fetched is None:
-            fetched = self._fetch_now(first, head, finalized)
-        end, headers = fetched.end, fetched.headers
-        self._resize(end - first + 1, len(fetched.logs))
+        cursor = (last, last_hash, finalized)
+        prepared = self._take_prepared(cursor, head)
+        if prepared is None:
+            first = last + 1
+            fetched = self._take_prefetch(first, last_hash, head)
+            if fetched is None:
+                fetched = self._fetch_now(first, head, finalized)
+            self._resize(fetched.end - first + 1, len(fetched.logs))
+            checked = self._check(fetched, cursor)
+            if checked is None:
+                # The logs and headers came from different forks: a reorg is under way.
+                return SyncResult(first, last, 0, head)
+            if checked is _REORGED:
+                return self._handle_reorg(last, head)
+            assert isinstance(checked, dict)
+            new_finalized = self._finalized_after(fetched, finalized)
+            self._read_ahead(fetched, new_finalized, head)
+            with self._engine.connect() as reader:
+                prepared = self._prepare(reader, fetched, checked, cursor, new_finalized, {})
+        self._write_and_prepare_next(prepared, head)
+        return SyncResult(prepared.first, prepared.end, prepared.events, head)
+
+    def _finalized_after(self, fetched: _Fetched, finalized: int) -> int:
         # What is final is judged by the head the range was read against, not a later one.
-        new_finalized = max(finalized, fetched.head - self._config.confirmations)
+        return max(finalized, fetched.head - self._config.confirmations)
+
+    def _check(
+        self, fetched: _Fetched, cursor: tuple[int, str, int]
+    ) -> dict[int, int] | object | None:
+        """The block times of a range read right after `cursor`, once its logs and headers
+        are known to agree; `_REORGED` when its first block does not follow the cursor's
+        block; None when logs and headers came from different forks."""
+        last, last_hash, _ = cursor
+        first, end, headers = fetched.first, fetched.end, fetched.headers
         if first in headers and headers[first]["parentHash"] != last_hash and last >= 0:
-            return self._handle_reorg(last, head)
-        block_times = {n: int(h["timestamp"], 16) for n, h in headers.items()}
+            return _REORGED
         if fetched.removed:
             log.info(
                 "a log of blocks %d..%d was removed while it was being read; retrying", first, end
             )
-            return SyncResult(first, last, 0, head)
+            return None
+        block_times = {n: int(h["timestamp"], 16) for n, h in headers.items()}
         for item in fetched.logs:
             number = item.block_number
             if number not in block_times:
@@ -413,85 +492,168 @@ class Indexer:
                 assert item.block_time is not None
                 block_times[number] = item.block_time
             elif number in headers and item.block_hash != headers[number]["hash"]:
-                # The logs and headers came from different forks: a reorg is under way.
                 log.info("block %d changed while it was being read; retrying", number)
-                return SyncResult(first, last, 0, head)
+                return None
+        return block_times
 
-        if self._config.prefetch and end < head:
-            self._prefetch(end + 1, head, new_finalized, headers[end]["hash"])
-        with self._engine.begin() as conn:
-            repository.prepare_bulk_writes(conn)
-            events = self._write(
-                conn, fetched.logs, headers, block_times, first, end, new_finalized
-            )
-            repository.save_state(
-                conn, self._config.chain_id, end, headers[end]["hash"], new_finalized
-            )
-            repository.prune_confirmed(conn, self._config.chain_id, new_finalized)
-        return SyncResult(first, end, events, head)
+    def _read_ahead(self, fetched: _Fetched, new_finalized: int, head: int) -> None:
+        if self._config.prefetch and fetched.end < head:
+            end_hash = fetched.headers[fetched.end]["hash"]
+            self._prefetch(fetched.end + 1, head, new_finalized, end_hash)
 
-    def _write(
+    def _take_prepared(self, cursor: tuple[int, str, int], head: int) -> _Prepared | None:
+        """The range prepared while the last one was written, if it follows exactly this
+        cursor, the node has not gone back since, and the blocks it read while they were
+        unconfirmed are still the node's; None otherwise (it is dropped)."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:
+            return None
+        if (
+            prepared.after != cursor
+            or head < prepared.head
+            or head < prepared.end
+            or not self._still_canonical(prepared.end, prepared.end_hash, prepared.head)
+        ):
+            log.debug("dropping the prepared range %d..%d", prepared.first, prepared.end)
+            self._pending = None  # read after it: as stale
+            return None
+        return prepared
+
+    def _still_canonical(self, end: int, end_hash: str, read_at_head: int) -> bool:
+        """Whether a range read when the head was `read_at_head` still holds: when it reached
+        into the unconfirmed window then, the node must still have its last block (whose
+        hash vouches for every block before it)."""
+        if end <= read_at_head - self._config.confirmations:
+            return True
+        return bool(self._rpc.headers([end])[0]["hash"] == end_hash)
+
+    def _prepare(
         self,
-        conn: Connection,
-        logs: list[DecodedLog],
-        headers: dict[int, dict[str, Any]],
+        reader: Connection,
+        fetched: _Fetched,
         block_times: dict[int, int],
-        first: int,
-        end: int,
+        cursor: tuple[int, str, int],
         finalized: int,
-    ) -> int:
+        overlay: dict[type[Base], dict[ProjectionKey, dict[str, Any]]],
+    ) -> _Prepared:
+        """The rows a checked range writes. Projection rows come from `overlay` (the rows as
+        the range before leaves them, while that one is being written) or from `reader`."""
         chain_id = self._config.chain_id
-        seen = repository.existing_logs(conn, chain_id, first, end)
+        first, end, logs, headers = fetched.first, fetched.end, fetched.logs, fetched.headers
+        seen = repository.existing_logs(reader, chain_id, first, end)
         fresh = [d for d in logs if (d.block_hash, d.log_index) not in seen] if seen else logs
         batch = Batch(chain_id=chain_id, finalized_block=finalized, block_times=block_times)
-        wanted: dict[Any, list[tuple[Any, ...]]] = {}
+        wanted: dict[type[Base], dict[ProjectionKey, None]] = {}
         for item in fresh:
             for table, key in projection_keys(chain_id, item):
-                wanted.setdefault(table, []).append(key)
+                wanted.setdefault(table, {})[key] = None
         for table, keys in wanted.items():
-            batch.loaded[table] = dict.fromkeys(keys)
-            batch.loaded[table].update(repository.load_projections(conn, table, keys))
+            known = overlay.get(table, {})
+            loaded: dict[ProjectionKey, dict[str, Any] | None] = dict(keys)
+            loaded.update(
+                repository.load_projections(reader, table, [k for k in keys if k not in known])
+            )
+            loaded.update((k, known[k]) for k in keys if k in known)
+            batch.loaded[table] = loaded
         apply(batch, fresh)
+        raw_rows = [
+            (
+                chain_id,
+                d.block_number,
+                d.block_hash,
+                block_times[d.block_number],
+                d.tx_hash,
+                d.log_index,
+                d.contract,
+                d.event,
+                ",".join(d.topics),
+                d.data,
+            )
+            for d in fresh
+        ]
+        blocks = [
+            {
+                "chain_id": chain_id,
+                "number": n,
+                "hash": h["hash"],
+                "parent_hash": h["parentHash"],
+                "timestamp": int(h["timestamp"], 16),
+            }
+            # The finalized block's own header too: it is the deepest possible fork point.
+            for n, h in headers.items()
+            if n >= finalized or n == end
+        ]
+        return _Prepared(
+            first=first,
+            end=end,
+            head=fetched.head,
+            after=cursor,
+            end_hash=headers[end]["hash"],
+            finalized=finalized,
+            raw_rows=raw_rows,
+            facts=batch.facts,
+            projections=batch.projections,
+            undo=batch.undo,
+            blocks=blocks,
+        )
 
-        repository.insert_raw_events(
-            conn,
-            [
-                (
-                    chain_id,
-                    d.block_number,
-                    d.block_hash,
-                    block_times[d.block_number],
-                    d.tx_hash,
-                    d.log_index,
-                    d.contract,
-                    d.event,
-                    ",".join(d.topics),
-                    d.data,
-                )
-                for d in fresh
-            ],
-        )
-        for table in FACT_TABLES:
-            repository.insert_facts(conn, table, batch.facts.get(table, []))
-        for table, rows in batch.projections.items():
-            repository.upsert_projections(conn, table, list(rows.values()))
-        repository.insert_undo(conn, chain_id, batch.undo)
-        repository.save_blocks(
-            conn,
-            [
-                {
-                    "chain_id": chain_id,
-                    "number": n,
-                    "hash": h["hash"],
-                    "parent_hash": h["parentHash"],
-                    "timestamp": int(h["timestamp"], 16),
-                }
-                # The finalized block's own header too: it is the deepest possible fork point.
-                for n, h in headers.items()
-                if n >= finalized or n == end
-            ],
-        )
-        return len(fresh)
+    def _write(self, prepared: _Prepared) -> None:
+        """One transaction: the range's rows and the cursor after it."""
+        chain_id = self._config.chain_id
+        with self._engine.begin() as conn:
+            repository.prepare_bulk_writes(conn)
+            repository.insert_raw_events(conn, prepared.raw_rows)
+            for table in FACT_TABLES:
+                repository.insert_facts(conn, table, prepared.facts.get(table, []))
+            for table, rows in prepared.projections.items():
+                repository.upsert_projections(conn, table, list(rows.values()))
+            repository.insert_undo(conn, chain_id, prepared.undo)
+            repository.save_blocks(conn, prepared.blocks)
+            repository.save_state(
+                conn, chain_id, prepared.end, prepared.end_hash, prepared.finalized
+            )
+            repository.prune_confirmed(conn, chain_id, prepared.finalized)
+
+    def _write_and_prepare_next(self, prepared: _Prepared, head: int) -> None:
+        """Writes `prepared`; meanwhile, if the next range has been read, checks it and turns
+        it into rows (`self._prepared`), with the projections as `prepared` leaves them. The
+        database does its part of the write while Python does its part of the next range."""
+        if not (self._config.prefetch and self._pending is not None and prepared.end < head):
+            self._write(prepared)
+            return
+        if self._writer is None:
+            self._writer = self._worker("indexer-write")
+        written = self._writer.submit(lambda: self._write(prepared))
+        try:
+            self._prepare_next(prepared, head)
+        except Exception:
+            # Anything wrong with the next range is found again, and reported, when it is
+            # read again by the next sync_once.
+            log.debug("preparing the range after %d failed", prepared.end, exc_info=True)
+            self._pending = self._prepared = None
+        finally:
+            try:
+                written.result()
+            except BaseException:
+                self._pending = self._prepared = None
+                raise
+
+    def _prepare_next(self, prepared: _Prepared, head: int) -> None:
+        cursor = (prepared.end, prepared.end_hash, prepared.finalized)
+        first = prepared.end + 1
+        fetched = self._take_prefetch(first, prepared.end_hash, head)
+        if fetched is None:
+            return
+        self._resize(fetched.end - first + 1, len(fetched.logs))
+        checked = self._check(fetched, cursor)
+        if not isinstance(checked, dict):
+            return  # the next sync_once reads it again and finds out what changed
+        new_finalized = self._finalized_after(fetched, prepared.finalized)
+        self._read_ahead(fetched, new_finalized, head)
+        with self._engine.connect() as reader:
+            self._prepared = self._prepare(
+                reader, fetched, checked, cursor, new_finalized, prepared.projections
+            )
 
     # ------------------------------------------------------------------- reorgs
 

@@ -229,12 +229,15 @@ def _charged(batch: Batch, log: DecodedLog) -> None:
     )
     key = (batch.chain_id, log.contract, a["subscriptionId"])
     row = _require(batch, Subscription, key, log)
-    changes: dict[str, Any] = {"past_due": False, "in_trial": False, "unbilled_units": 0}
     if row["cancel_at_period_end"] and a["periodStart"] == a["paidThrough"]:
-        changes["state"] = SubscriptionState.CANCELED  # the final (usage-only) charge
+        # The final (usage-only) charge.
+        row = {**row, **_CHARGED, "state": SubscriptionState.CANCELED}
     else:
-        changes["paid_through"] = a["paidThrough"]
-    _update_subscription(batch, log, row, **changes)
+        row = {**row, **_CHARGED, "paid_through": a["paidThrough"]}
+    batch.change(Subscription, key, row, log.block_number)
+
+
+_CHARGED = {"past_due": False, "in_trial": False, "unbilled_units": 0}
 
 
 def _charge_failed(batch: Batch, log: DecodedLog) -> None:
