@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,8 +35,13 @@ JSON number); times are unix seconds. Authenticate with a merchant API key or a 
 session (Sign-In with Ethereum) as `Authorization: Bearer ...`. Every POST honours an
 `Idempotency-Key` header. Errors are `{"error": {"code", "message"}}` with a 4xx status."""
 
+SWITCH_INTERVAL_S = 0.0005
+
 
 def create_app(settings: GatewaySettings | None = None, engine: Engine | None = None) -> FastAPI:
+    # Each request hops between the event loop and the thread pool a few times; with the
+    # default 5 ms GIL switch interval every hop under load can wait that long for the GIL.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     settings = settings or GatewaySettings.from_env()
     engine = engine or make_engine(settings.database_url)
     upgrade_schema(engine)

@@ -6,7 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from api.deps import AnyPrincipal, GatewayDep, MerchantPrincipal, ReadConnection, WriteConnection
+from api.deps import (
+    AnyPrincipal,
+    AuthenticatedReader,
+    GatewayDep,
+    MerchantPrincipal,
+    ReadConnection,
+    WriteConnection,
+)
 from api.errors import NotFound
 from api.schemas.invoices import CreateInvoiceRequest, CreateInvoiceResponse, InvoiceDetail
 from api.services import invoices, pdf
@@ -70,17 +77,25 @@ _VIEW_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/{invoice_id}", response_model=InvoiceDetail, responses=_VIEW_ERRORS)
-def get_invoice(
-    invoice_id: InvoiceIdPath, gateway: GatewayDep, conn: ReadConnection, principal: AnyPrincipal
-) -> InvoiceDetail:
+@router.get(
+    "/{invoice_id}",
+    response_model=InvoiceDetail,
+    responses=_VIEW_ERRORS,
+    openapi_extra={"security": [{"HTTPBearer": []}]},
+)
+async def get_invoice(invoice_id: InvoiceIdPath, reader: AuthenticatedReader) -> Response:
     """One invoice: its state in the mirror, payments, settlements and refunds, the stored
     content and whether it matches the on-chain hash. Visible to its merchant and its
     customer (and payers); anyone else gets 404, so ids cannot be probed."""
-    view = invoices.load_view(gateway, conn, invoice_id)
-    if view is None or not view.visible_to(principal):
+    # The lookup is the gateway's hottest path: it runs on the event loop (three indexed
+    # reads, well under a millisecond, cost less than a thread-pool hop) and serializes
+    # its model once, itself, instead of FastAPI validating it again.
+    view = invoices.load_view(reader.gateway, reader.conn, invoice_id)
+    if view is None or not view.visible_to(reader.principal):
         raise NotFound(f"no invoice {invoice_id.lower()}")
-    return invoices.detail(gateway, view)
+    return Response(
+        invoices.detail(reader.gateway, view).model_dump_json(), media_type="application/json"
+    )
 
 
 @router.get(
