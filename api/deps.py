@@ -172,7 +172,7 @@ async def authenticated_reader(request: Request) -> AsyncIterator[Reader]:
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated(AUTHENTICATION_REQUIRED)
-    with gateway.engine.connect() as conn:
+    with gateway.read_engine.connect() as conn:
         yield Reader(gateway, conn, principal_of_token(gateway, conn, token.strip()))
 
 

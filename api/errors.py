@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -76,6 +77,11 @@ class ChainUnavailable(GatewayError):
     code = "chain_unavailable"
 
 
+class DatabaseUnavailable(GatewayError):
+    status_code = 503
+    code = "database_unavailable"
+
+
 def error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
 
@@ -97,6 +103,14 @@ def install_error_handlers(app: FastAPI) -> None:
         summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems[:5])
         body = {"error": {"code": "invalid_input", "message": summary, "problems": problems}}
         return JSONResponse(jsonable_encoder(body), status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def _database_error(_request: Request, exc: OperationalError) -> JSONResponse:
+        # The server went away or refused us (restart, failover, too many connections):
+        # the pool drops the connection; the client may retry.
+        error = DatabaseUnavailable("the database did not answer; retry in a moment")
+        error.headers = {"Retry-After": "1"}
+        return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

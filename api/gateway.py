@@ -23,6 +23,11 @@ class Gateway:
     manifest: Manifest
     chain: Chain
     link_key: bytes  # keys the HMAC of public invoice links
+    # The engine read-only endpoints take their connection from. On PostgreSQL it runs in
+    # autocommit: under READ COMMITTED each statement sees its own snapshot inside a
+    # transaction too, so BEGIN and the ROLLBACK on return would be two round trips that
+    # buy nothing. SQLite keeps its transaction: there it is what gives one snapshot.
+    read_engine: Engine
 
     @classmethod
     def open(cls, settings: GatewaySettings, engine: Engine, manifest: Manifest) -> Gateway:
@@ -41,6 +46,9 @@ class Gateway:
             link_key=hashlib.sha256(
                 b"chainbill public invoice link\x00" + secret.encode()
             ).digest(),
+            read_engine=engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine,
         )
 
     @property

@@ -43,7 +43,9 @@ def create_app(settings: GatewaySettings | None = None, engine: Engine | None = 
     # default 5 ms GIL switch interval every hop under load can wait that long for the GIL.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     settings = settings or GatewaySettings.from_env()
-    engine = engine or make_engine(settings.database_url)
+    # No pre-ping: a round trip on every request. A connection the server dropped fails
+    # one request with a 503 (see errors.py) and the pool replaces it.
+    engine = engine or make_engine(settings.database_url, pool_pre_ping=False)
     upgrade_schema(engine)
     manifest = Manifest.load(settings.manifest_path)
     gateway = Gateway.open(settings, engine, manifest)

@@ -46,7 +46,10 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        # Pre-ping (a round trip per checkout) lets long-lived services ride out a server
+        # restart; the gateway turns it off and answers a dropped connection with a 503.
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
     raise ValueError(f"unsupported DATABASE_URL {url!r}: use sqlite:///path or postgresql://...")
 
 
