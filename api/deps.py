@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,13 +88,30 @@ def session_token_sha256(token: str) -> str:
 _bearer = HTTPBearer(auto_error=False, description="A merchant API key or a customer session")
 
 
+def _merchant_of_key(gateway: Gateway, conn: Connection, token: str) -> str:
+    """The merchant of a live key. A verification is reused for `api_key_cache_s`: on
+    PostgreSQL the key's row is a round trip, a third of what a lookup costs."""
+    ttl = gateway.settings.api_key_cache_s
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    now = time.monotonic()
+    cached = gateway.verified_keys.get(digest) if ttl > 0 else None
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    key = apikeys.verify_key(conn, token)
+    if key is None:
+        gateway.verified_keys.pop(digest, None)
+        raise Unauthenticated("the API key is unknown or revoked")
+    if ttl > 0:
+        if len(gateway.verified_keys) > 10_000:  # forget them all rather than grow
+            gateway.verified_keys.clear()
+        gateway.verified_keys[digest] = (now + ttl, key.merchant)
+    return key.merchant
+
+
 def principal_of_token(gateway: Gateway, conn: Connection, token: str) -> Principal:
     """Who a bearer token is; Unauthenticated when it is nobody."""
     if apikeys.looks_like_key(token):
-        key = apikeys.verify_key(conn, token)
-        if key is None:
-            raise Unauthenticated("the API key is unknown or revoked")
-        return Principal(PrincipalKind.MERCHANT, key.merchant)
+        return Principal(PrincipalKind.MERCHANT, _merchant_of_key(gateway, conn, token))
     if token.startswith(SESSION_PREFIX):
         session = gateway_repository.live_session(
             conn, session_token_sha256(token), datetime.now(UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
@@ -28,6 +28,8 @@ class Gateway:
     # transaction too, so BEGIN and the ROLLBACK on return would be two round trips that
     # buy nothing. SQLite keeps its transaction: there it is what gives one snapshot.
     read_engine: Engine
+    # SHA-256 of a verified API key -> (monotonic expiry, merchant): see api_key_cache_s.
+    verified_keys: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: GatewaySettings, engine: Engine, manifest: Manifest) -> Gateway:

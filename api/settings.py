@@ -38,6 +38,9 @@ class GatewaySettings:
     # `rate_limit_burst`; 0 turns rate limiting off.
     rate_limit_per_s: int = 20
     rate_limit_burst: int = 60
+    # How long a worker trusts an API key it has verified: a revoked key is refused by
+    # every worker at most this many seconds later (0: checked on every request).
+    api_key_cache_s: float = 2.0
     # How long a worker reuses the newest indexed block's time (overdue is judged by it).
     block_time_cache_s: float = 1.0
 
@@ -55,6 +58,7 @@ class GatewaySettings:
             nonce_ttl_s=_int("CHAINBILL_NONCE_TTL_S", 10 * 60),
             rate_limit_per_s=_int("CHAINBILL_RATE_LIMIT_PER_S", 20),
             rate_limit_burst=_int("CHAINBILL_RATE_LIMIT_BURST", 60),
+            api_key_cache_s=float(os.environ.get("CHAINBILL_API_KEY_CACHE_S") or 2.0),
             block_time_cache_s=float(os.environ.get("CHAINBILL_BLOCK_TIME_CACHE_S") or 1.0),
         )
 

@@ -45,6 +45,7 @@ def settings(mirror: Mirror, rpc_url: str, tmp_path: Path) -> GatewaySettings:
         secret_key="test-secret",
         rate_limit_per_s=0,  # rate limits have tests of their own
         block_time_cache_s=0,  # tests travel in time and look at once
+        api_key_cache_s=0,  # tests revoke keys and try them at once
     )
 
 

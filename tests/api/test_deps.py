@@ -1,0 +1,53 @@
+"""Who is asking: API-key verifications a worker reuses, and for how long."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from offchain import apikeys
+from tests.api.conftest import bearer
+
+
+def _revoke(engine: Engine, key: str) -> None:
+    with engine.begin() as conn:
+        apikeys.revoke_key(conn, key.split("_")[1])
+
+
+def test_a_revoked_key_is_refused_at_once_without_the_cache(
+    make_client: Callable[..., TestClient], engine: Engine, merchant_key: str
+) -> None:
+    client = make_client(api_key_cache_s=0)
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 200
+    _revoke(engine, merchant_key)
+    refused = client.get("/v1/invoices", headers=bearer(merchant_key))
+    assert refused.status_code == 401
+    assert "revoked" in refused.json()["error"]["message"]
+
+
+def test_a_verified_key_is_reused_until_the_cache_expires(
+    make_client: Callable[..., TestClient], engine: Engine, merchant_key: str
+) -> None:
+    client = make_client(api_key_cache_s=3600)
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 200
+    _revoke(engine, merchant_key)
+    # Within the window this worker still trusts its verification (documented delay)...
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 200
+    # ...which a worker that never verified the key does not share.
+    fresh = make_client(api_key_cache_s=3600)
+    assert fresh.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 401
+    gateway = client.app.state.gateway  # type: ignore[attr-defined]
+    for digest, (_, merchant) in list(gateway.verified_keys.items()):
+        gateway.verified_keys[digest] = (0.0, merchant)  # the window has passed
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 401
+
+
+def test_a_wrong_secret_with_a_cached_prefix_is_refused(
+    make_client: Callable[..., TestClient], merchant_key: str
+) -> None:
+    client = make_client(api_key_cache_s=3600)
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 200
+    forged = merchant_key[:-4] + ("AAAA" if not merchant_key.endswith("AAAA") else "BBBB")
+    assert client.get("/v1/invoices", headers=bearer(forged)).status_code == 401
