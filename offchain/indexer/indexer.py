@@ -76,6 +76,11 @@ class IndexerConfig:
     # Read the next ranges ahead, and prepare one while the last is written (see above);
     # False: one range at a time, in the calling thread.
     prefetch: bool = True
+    # Whether to prepare a range while the last one is written. None: on PostgreSQL, whose
+    # server does its part of a write in its own process; not on SQLite, which does it in
+    # this one and needs the GIL around every chunk (overlapping it with Python work costs
+    # more than it saves there). Reading ahead is not affected.
+    overlap_writes: bool | None = None
     poll_interval: float = 1.0
 
 
@@ -460,6 +465,12 @@ class Indexer:
             assert isinstance(checked, dict)
             new_finalized = self._finalized_after(fetched, finalized)
             self._read_ahead(fetched, new_finalized, head)
+            if not self._overlapping(fetched.end, head):
+                # One transaction reads what the range needs and writes it.
+                with self._engine.begin() as conn:
+                    prepared = self._prepare(conn, fetched, checked, cursor, new_finalized, {})
+                    self._write_rows(conn, prepared)
+                return SyncResult(prepared.first, prepared.end, prepared.events, head)
             with self._engine.connect() as reader:
                 prepared = self._prepare(reader, fetched, checked, cursor, new_finalized, {})
         self._write_and_prepare_next(prepared, head)
@@ -599,26 +610,34 @@ class Indexer:
 
     def _write(self, prepared: _Prepared) -> None:
         """One transaction: the range's rows and the cursor after it."""
-        chain_id = self._config.chain_id
         with self._engine.begin() as conn:
-            repository.prepare_bulk_writes(conn)
-            repository.insert_raw_events(conn, prepared.raw_rows)
-            for table in FACT_TABLES:
-                repository.insert_facts(conn, table, prepared.facts.get(table, []))
-            for table, rows in prepared.projections.items():
-                repository.upsert_projections(conn, table, list(rows.values()))
-            repository.insert_undo(conn, chain_id, prepared.undo)
-            repository.save_blocks(conn, prepared.blocks)
-            repository.save_state(
-                conn, chain_id, prepared.end, prepared.end_hash, prepared.finalized
-            )
-            repository.prune_confirmed(conn, chain_id, prepared.finalized)
+            self._write_rows(conn, prepared)
+
+    def _write_rows(self, conn: Connection, prepared: _Prepared) -> None:
+        chain_id = self._config.chain_id
+        repository.prepare_bulk_writes(conn)
+        repository.insert_raw_events(conn, prepared.raw_rows)
+        for table in FACT_TABLES:
+            repository.insert_facts(conn, table, prepared.facts.get(table, []))
+        for table, rows in prepared.projections.items():
+            repository.upsert_projections(conn, table, list(rows.values()))
+        repository.insert_undo(conn, chain_id, prepared.undo)
+        repository.save_blocks(conn, prepared.blocks)
+        repository.save_state(conn, chain_id, prepared.end, prepared.end_hash, prepared.finalized)
+        repository.prune_confirmed(conn, chain_id, prepared.finalized)
+
+    def _overlapping(self, end: int, head: int) -> bool:
+        """Whether the range ending at `end` is written while the next one is prepared."""
+        overlap = self._config.overlap_writes
+        if overlap is None:
+            overlap = self._engine.dialect.name == "postgresql"
+        return bool(overlap and self._config.prefetch and self._pending is not None and end < head)
 
     def _write_and_prepare_next(self, prepared: _Prepared, head: int) -> None:
         """Writes `prepared`; meanwhile, if the next range has been read, checks it and turns
         it into rows (`self._prepared`), with the projections as `prepared` leaves them. The
         database does its part of the write while Python does its part of the next range."""
-        if not (self._config.prefetch and self._pending is not None and prepared.end < head):
+        if not self._overlapping(prepared.end, head):
             self._write(prepared)
             return
         if self._writer is None:

@@ -134,18 +134,26 @@ def _replace_last_blocks(
     assert web3.eth.block_number == head and not before & after
 
 
+@pytest.mark.parametrize("overlap_writes", [True, False], ids=["prepared", "read"])
 def test_what_was_read_ahead_of_the_cursor_is_dropped_when_those_blocks_change(
-    window: Mirror, other_engine: Engine, web3: Web3, chain: Any, merchant: Any, stranger: Any
+    window: Mirror,
+    other_engine: Engine,
+    web3: Web3,
+    chain: Any,
+    merchant: Any,
+    stranger: Any,
+    overlap_writes: bool,
 ) -> None:
     mirror, depth = window, 6
     head = web3.eth.block_number
-    indexer = mirror.indexer(initial_range=2, target_logs=4)
+    indexer = mirror.indexer(initial_range=2, target_logs=4, overlap_writes=overlap_writes)
     _indexed_up_to(indexer, mirror, head - depth)
     state = mirror.state()
     assert state is not None and state.last_block < head - depth + 2
-    # The next range was read and prepared while the last one was written; the reorg
-    # replaces its blocks but not the cursor's.
-    assert indexer._prepared is not None and indexer._prepared.first == state.last_block + 1
+    # The next range was read (and, overlapping writes, prepared while the last one was
+    # written); the reorg replaces its blocks but not the cursor's.
+    ahead = indexer._prepared if overlap_writes else indexer._pending
+    assert ahead is not None and ahead.first == state.last_block + 1
     _replace_last_blocks(chain, web3, mirror, merchant, stranger, depth)
 
     result = indexer.sync_once()
@@ -164,7 +172,7 @@ def test_a_reorg_of_the_cursor_drops_what_was_read_ahead(
 ) -> None:
     mirror, depth = window, 6
     head = web3.eth.block_number
-    indexer = mirror.indexer(initial_range=2, target_logs=4)
+    indexer = mirror.indexer(initial_range=2, target_logs=4, overlap_writes=True)
     _indexed_up_to(indexer, mirror, head - 3)
     assert indexer._prepared is not None or indexer._pending is not None
     _replace_last_blocks(chain, web3, mirror, merchant, stranger, depth)
@@ -184,7 +192,7 @@ def test_a_failed_write_drops_the_prepared_range_and_the_next_sync_resumes(
     window: Mirror, other_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mirror = window
-    indexer = mirror.indexer(initial_range=2, target_logs=4)
+    indexer = mirror.indexer(initial_range=2, target_logs=4, overlap_writes=True)
     first = indexer.sync_once()
     assert first is not None and indexer._prepared is not None
     insert_raw_events = repository.insert_raw_events
@@ -209,7 +217,9 @@ def test_a_failed_write_drops_the_prepared_range_and_the_next_sync_resumes(
 def test_close_stops_the_background_threads(window: Mirror) -> None:
     before = set(threading.enumerate())
     with Indexer(
-        window.engine, RpcClient(window.rpc_url), window.config(initial_range=2, target_logs=4)
+        window.engine,
+        RpcClient(window.rpc_url),
+        window.config(initial_range=2, target_logs=4, overlap_writes=True),
     ) as indexer:
         assert indexer.sync_once() is not None
         assert indexer.sync_once() is not None
