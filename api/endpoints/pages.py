@@ -9,9 +9,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import FileResponse, HTMLResponse
+from sqlalchemy import Connection
 
 from api.deps import GatewayDep, ReadConnection
 from api.errors import NotFound
+from api.gateway import Gateway
 from api.schemas.invoices import PageStatus, PayRequest, PayTransactions
 from api.services import invoices, pay, pdf
 from api.services.i18n import negotiate
@@ -48,9 +50,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _public_view(
-    gateway: GatewayDep, conn: ReadConnection, invoice_id: str, token: str
-) -> InvoiceView:
+def _public_view(gateway: Gateway, conn: Connection, invoice_id: str, token: str) -> InvoiceView:
     # A wrong token and an unknown invoice look the same, so links cannot be probed.
     if not _TOKEN.match(token) or not gateway.check_public_token(invoice_id, token):
         raise NotFound("no such invoice page")
