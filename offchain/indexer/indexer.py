@@ -152,13 +152,16 @@ def _fetch(
     end: int,
     head: int,
     finalized: int,
+    limit: int,
 ) -> _Fetched:
     """Logs of blocks first..end and the headers their range needs: every block of the
     unconfirmed window (to find a fork point later), the range end (the cursor), and blocks
     whose logs do not carry their block's time. Touches nothing shared: it runs in the
     reading thread too."""
     with _gc_paused():
-        return _read_range(rpc, decoder, contracts, confirmations, first, end, head, finalized)
+        return _read_range(
+            rpc, decoder, contracts, confirmations, first, end, head, finalized, limit
+        )
 
 
 def _read_range(
@@ -170,8 +173,11 @@ def _read_range(
     end: int,
     head: int,
     finalized: int,
+    limit: int,
 ) -> _Fetched:
     raw_logs = rpc.get_logs(contracts, [], first, end)
+    if len(raw_logs) > limit and end > first:
+        raise _Oversized(len(raw_logs))
     logs = decoder.decode_all(raw_logs)
     removed = any(entry.get("removed") for entry in raw_logs)
     del raw_logs
@@ -216,6 +222,17 @@ class _Prepared:
     def events(self) -> int:
         return len(self.raw_rows)
 
+
+class _Oversized(Exception):
+    """An answer holding more than `_OVERSIZED` times `target_logs` logs (not decoded)."""
+
+    def __init__(self, logs: int) -> None:
+        super().__init__(f"{logs} logs")
+        self.logs = logs
+
+
+# An answer holding more logs than this many times `target_logs` is read again, smaller.
+_OVERSIZED = 3
 
 _REORGED = object()  # _check: the range does not follow the cursor's block
 
@@ -332,23 +349,39 @@ class Indexer:
 
     # ------------------------------------------------------------------ ranges
 
-    def _resize(self, span: int, logs: int) -> None:
+    def _resize(self, fetched: _Fetched) -> None:
         """Sizes the next range from the density of the last answer so that it holds about
-        `target_logs` logs: memory stays flat however dense the chain is. It shrinks at once;
-        it grows at most `max_growth` times, and only after a range that was not cut short
-        by the head."""
+        `target_logs` logs: memory stays flat however dense the chain is. The density is the
+        higher of the whole answer's and its last quarter's (the blocks nearest the next
+        range: a stretch that turns dense at the end of a range does not make the next one
+        too long). It shrinks at once; it grows at most `max_growth` times, and only after
+        a range that was not cut short by the head."""
         config = self._config
         if self._ceiling is not None:
             self._ceiling_ranges -= 1
             if self._ceiling_ranges <= 0:
                 self._ceiling = None
-        size = max(1, span * config.target_logs // max(logs, 1))
+        span = fetched.end - fetched.first + 1
+        tail = max(1, span // 4)
+        tail_logs = 0
+        for item in reversed(fetched.logs):
+            if item.block_number <= fetched.end - tail:
+                break
+            tail_logs += 1
+        density = max(len(fetched.logs) / span, tail_logs / tail)
+        size = max(1, int(config.target_logs / density)) if density else span * config.target_logs
         if size > self._range:
             size = (
                 min(size, self._range * config.max_growth) if span >= self._range else self._range
             )
         size = min(size, config.max_range, self._ceiling or size)
         self._range = max(1, size)
+
+    def _oversized(self, span: int, error: _Oversized) -> None:
+        """An answer far above `target_logs` (the chain turned much denser than the last
+        range said): it is not used; the range is sized from it and read again."""
+        self._range = max(1, min(span - 1, span * self._config.target_logs // error.logs))
+        log.info("%d logs in %d blocks; reading %d blocks instead", error.logs, span, self._range)
 
     def _refused(self, span: int, error: RangeTooLarge) -> None:
         """The node refused a span: halve the range, and do not ask for that span again soon."""
@@ -372,9 +405,12 @@ class Indexer:
                     end,
                     head,
                     finalized,
+                    _OVERSIZED * self._config.target_logs,
                 )
             except RangeTooLarge as exc:
                 self._refused(end - first + 1, exc)
+            except _Oversized as exc:
+                self._oversized(end - first + 1, exc)
 
     def _prefetch(self, first: int, head: int, finalized: int, after_hash: str) -> None:
         """Starts fetching the range after the one being written."""
@@ -388,8 +424,11 @@ class Indexer:
             self._contracts,
             self._config.confirmations,
         )
+        limit = _OVERSIZED * self._config.target_logs
         future = self._reader.submit(
-            lambda: _fetch(rpc, decoder, contracts, confirmations, first, end, head, finalized)
+            lambda: _fetch(
+                rpc, decoder, contracts, confirmations, first, end, head, finalized, limit
+            )
         )
         self._pending = _Pending(first, end, head, after_hash, future)
 
@@ -412,6 +451,9 @@ class Indexer:
             fetched = pending.future.result()
         except RangeTooLarge as exc:
             self._refused(pending.end - pending.first + 1, exc)
+            return None
+        except _Oversized as exc:
+            self._oversized(pending.end - pending.first + 1, exc)
             return None
         except Exception:
             log.debug(
@@ -455,7 +497,7 @@ class Indexer:
             fetched = self._take_prefetch(first, last_hash, head)
             if fetched is None:
                 fetched = self._fetch_now(first, head, finalized)
-            self._resize(fetched.end - first + 1, len(fetched.logs))
+            self._resize(fetched)
             checked = self._check(fetched, cursor)
             if checked is None:
                 # The logs and headers came from different forks: a reorg is under way.
@@ -663,7 +705,7 @@ class Indexer:
         fetched = self._take_prefetch(first, prepared.end_hash, head)
         if fetched is None:
             return
-        self._resize(fetched.end - first + 1, len(fetched.logs))
+        self._resize(fetched)
         checked = self._check(fetched, cursor)
         if not isinstance(checked, dict):
             return  # the next sync_once reads it again and finds out what changed

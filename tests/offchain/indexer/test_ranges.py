@@ -9,6 +9,7 @@ read; a reorg, or a failed write, drops it. Indexer.close() stops the threads.""
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from typing import Any
 
@@ -25,12 +26,17 @@ from tests.offchain.indexer.activity import Contracts, with_nonces
 from tests.offchain.indexer.helpers import Mirror, assert_same_mirror, make_manifest, sync_to_head
 
 
-def _dense_then_sparse(c: Contracts, merchant: Any, customer: Any, blocks: int, empty: int) -> int:
-    """A plan, then `blocks` blocks of exactly two logs (a subscription and its first
-    charge), then `empty` blocks without any; returns the plan's block."""
+def _dense_then_sparse(
+    c: Contracts, merchant: Any, customer: Any, blocks: int, empty: int, empty_first: int = 0
+) -> int:
+    """A plan, (`empty_first` empty blocks,) then `blocks` blocks of exactly two logs (a
+    subscription and its first charge), then `empty` blocks without any; returns the
+    plan's block."""
     receipt = c.call(merchant, c.manager, "createPlan", c.token.address, PRICE, PERIOD, 0, GRACE)
     plan = int(c.manager.functions.planCount().call())
     c.call(customer, c.token, "approve", c.manager.address, 10**30)
+    if empty_first:
+        c.web3.provider.make_request("anvil_mine", [hex(empty_first)])  # type: ignore[arg-type]
     for _ in range(blocks):
         c.call(customer, c.manager, "subscribe", plan, PRICE)
     if empty:
@@ -96,6 +102,39 @@ def test_ranges_hold_about_target_logs_whatever_the_density(
     assert len(sparse) <= 5 and sparse == sorted(sparse), spans
     assert sum(events) == 1 + 2 * 40
 
+    fresh = Mirror(other_engine, mirror.rpc_url, mirror.manifest, mirror.confirmations)
+    fresh.sync(prefetch=False, initial_range=1_000)
+    assert_same_mirror(mirror.engine, other_engine, finalized_header=False)
+
+
+@pytest.mark.parametrize("prefetch", [True, False], ids=["read-ahead", "serial"])
+def test_an_answer_far_above_the_target_is_read_again_smaller(
+    mirror: Mirror,
+    other_engine: Engine,
+    web3: Web3,
+    token: Any,
+    merchant: Any,
+    customer: Any,
+    caplog: pytest.LogCaptureFixture,
+    prefetch: bool,
+) -> None:
+    """Ranges grown over a long empty stretch run into a dense one: the answer that holds
+    far more than target_logs is not used but read again, smaller."""
+    c = Contracts.of(web3, mirror.manager, mirror.registry, token.address)
+    plan_block = _dense_then_sparse(c, merchant, customer, blocks=30, empty=0, empty_first=300)
+    mirror = _from_block(mirror, plan_block)
+    target = 10
+    with (
+        caplog.at_level(logging.INFO, logger="offchain.indexer.indexer"),
+        mirror.indexer(
+            initial_range=2, target_logs=target, max_growth=10, prefetch=prefetch
+        ) as indexer,
+    ):
+        results = sync_to_head(indexer)
+    assert any("reading" in r.getMessage() for r in caplog.records), "no answer was too large"
+    assert max(r.events for r in results) <= 3 * target
+    assert sum(r.events for r in results) == 1 + 2 * 30
+    assert all(a.last_block + 1 == b.first_block for a, b in itertools.pairwise(results))
     fresh = Mirror(other_engine, mirror.rpc_url, mirror.manifest, mirror.confirmations)
     fresh.sync(prefetch=False, initial_range=1_000)
     assert_same_mirror(mirror.engine, other_engine, finalized_header=False)
@@ -193,8 +232,13 @@ def test_a_failed_write_drops_the_prepared_range_and_the_next_sync_resumes(
 ) -> None:
     mirror = window
     indexer = mirror.indexer(initial_range=2, target_logs=4, overlap_writes=True)
-    first = indexer.sync_once()
-    assert first is not None and indexer._prepared is not None
+    for _ in range(3):  # past the probe, and an answer read again smaller
+        done = indexer.sync_once()
+        assert done is not None
+        committed = done.last_block
+        if indexer._prepared is not None:
+            break
+    assert indexer._prepared is not None
     insert_raw_events = repository.insert_raw_events
 
     def fail(*args: Any, **kwargs: Any) -> None:
@@ -204,7 +248,7 @@ def test_a_failed_write_drops_the_prepared_range_and_the_next_sync_resumes(
     with pytest.raises(RuntimeError, match="went away"):
         indexer.sync_once()
     state = mirror.state()
-    assert state is not None and state.last_block == first.last_block  # nothing committed
+    assert state is not None and state.last_block == committed  # nothing committed
     assert indexer._prepared is None
 
     monkeypatch.setattr(repository, "insert_raw_events", insert_raw_events)
