@@ -71,7 +71,7 @@ class IndexerConfig:
     # one range to the next, and never past `max_range` blocks).
     initial_range: int = 10
     max_range: int = 200_000
-    target_logs: int = 10_000
+    target_logs: int = 20_000
     max_growth: int = 10
     # Read the next ranges ahead, and prepare one while the last is written (see above);
     # False: one range at a time, in the calling thread.
@@ -231,8 +231,9 @@ class _Oversized(Exception):
         self.logs = logs
 
 
-# An answer holding more logs than this many times `target_logs` is read again, smaller.
-_OVERSIZED = 3
+# An answer holding more logs than this many times `target_logs` is read again, smaller:
+# a batch is never much larger than the target, so memory stays flat.
+_OVERSIZED = 1.5
 
 _REORGED = object()  # _check: the range does not follow the cursor's block
 
@@ -377,6 +378,9 @@ class Indexer:
         size = min(size, config.max_range, self._ceiling or size)
         self._range = max(1, size)
 
+    def _oversize_limit(self) -> int:
+        return int(_OVERSIZED * self._config.target_logs)
+
     def _oversized(self, span: int, error: _Oversized) -> None:
         """An answer far above `target_logs` (the chain turned much denser than the last
         range said): it is not used; the range is sized from it and read again."""
@@ -405,7 +409,7 @@ class Indexer:
                     end,
                     head,
                     finalized,
-                    _OVERSIZED * self._config.target_logs,
+                    self._oversize_limit(),
                 )
             except RangeTooLarge as exc:
                 self._refused(end - first + 1, exc)
@@ -424,7 +428,7 @@ class Indexer:
             self._contracts,
             self._config.confirmations,
         )
-        limit = _OVERSIZED * self._config.target_logs
+        limit = self._oversize_limit()
         future = self._reader.submit(
             lambda: _fetch(
                 rpc, decoder, contracts, confirmations, first, end, head, finalized, limit

@@ -99,7 +99,7 @@ def test_ranges_hold_about_target_logs_whatever_the_density(
     assert len(settled) >= 5 and all(r.events == target for r in settled), events
     # The sparse stretch is crossed in a few ever larger ranges.
     sparse = [s for r, s in zip(results, spans, strict=True) if r.first_block > dense_end]
-    assert len(sparse) <= 5 and sparse == sorted(sparse), spans
+    assert len(sparse) <= 5 and sparse[:-1] == sorted(sparse[:-1]), spans  # last: the head
     assert sum(events) == 1 + 2 * 40
 
     fresh = Mirror(other_engine, mirror.rpc_url, mirror.manifest, mirror.confirmations)
@@ -119,7 +119,7 @@ def test_an_answer_far_above_the_target_is_read_again_smaller(
     prefetch: bool,
 ) -> None:
     """Ranges grown over a long empty stretch run into a dense one: the answer that holds
-    far more than target_logs is not used but read again, smaller."""
+    more than 1.5 x target_logs is not used but read again, smaller."""
     c = Contracts.of(web3, mirror.manager, mirror.registry, token.address)
     plan_block = _dense_then_sparse(c, merchant, customer, blocks=30, empty=0, empty_first=300)
     mirror = _from_block(mirror, plan_block)
@@ -132,7 +132,7 @@ def test_an_answer_far_above_the_target_is_read_again_smaller(
     ):
         results = sync_to_head(indexer)
     assert any("reading" in r.getMessage() for r in caplog.records), "no answer was too large"
-    assert max(r.events for r in results) <= 3 * target
+    assert max(r.events for r in results) <= 1.5 * target
     assert sum(r.events for r in results) == 1 + 2 * 30
     assert all(a.last_block + 1 == b.first_block for a, b in itertools.pairwise(results))
     fresh = Mirror(other_engine, mirror.rpc_url, mirror.manifest, mirror.confirmations)
