@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy import Boolean, Connection, Table, delete, func, select, tuple_
+from sqlalchemy import Boolean, Connection, Engine, Table, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
@@ -391,6 +391,32 @@ def prepare_bulk_writes(conn: Connection) -> None:
     the size of the mirror."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+
+
+def defer_wal_checkpoints(conn: Connection) -> None:
+    """SQLite: this connection's commits no longer copy the write-ahead log into the
+    database file (SQLite's default, once the log passes 1,000 pages, in the committing
+    call): the caller runs `checkpoint_wal` itself, at a better moment."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA wal_autocheckpoint = 0")
+
+
+def checkpoint_wal(engine: Engine) -> int:
+    """SQLite: copies what the write-ahead log holds into the database file, without
+    waiting for readers (what a reader still uses is copied by the next one), so that a
+    writer can start the log over once all of it is copied. Outside any transaction, on a
+    connection of its own. Returns the size of the log in bytes."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        _busy, log_frames, _copied = cursor.fetchone()
+        cursor.execute("PRAGMA page_size")
+        (page_size,) = cursor.fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    return max(0, int(log_frames)) * int(page_size)
 
 
 def insert_undo(conn: Connection, chain_id: int, entries: Sequence[dict[str, Any]]) -> None:

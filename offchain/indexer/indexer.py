@@ -231,6 +231,9 @@ class _Oversized(Exception):
         self.logs = logs
 
 
+# SQLite: the write-ahead log is started over once it holds this much (see _await_checkpoint).
+_WAL_LIMIT_BYTES = 256 * 2**20
+
 # An answer holding more logs than this many times `target_logs` is read again, smaller:
 # a batch is never much larger than the target, so memory stays flat.
 _OVERSIZED = 1.5
@@ -295,6 +298,15 @@ class Indexer:
         self._reader: _Worker | None = None  # reads ranges ahead
         self._reader_rpc = rpc  # the reading thread's own client (a clone), once it runs
         self._writer: _Worker | None = None  # writes a range while the next is prepared
+        # SQLite in a file: the write-ahead log is copied to the database in this thread.
+        self._checkpoints = engine.dialect.name == "sqlite" and engine.url.database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        self._checkpointer: _Worker | None = None
+        self._checkpoint: Future[int] | None = None
+        self._wal_bytes = 0  # the log's size, as the last checkpoint found it
         self._closers: list[weakref.finalize[Any, Any]] = []
         self._pending: _Pending | None = None  # the next range, being read
         self._prepared: _Prepared | None = None  # the next range, read and turned into rows
@@ -313,10 +325,13 @@ class Indexer:
         for closer in self._closers:
             closer.detach()
         self._closers = []
-        for worker in (self._reader, self._writer):
+        if self._checkpoint is not None:
+            self._checkpoint_result(self._checkpoint)
+            self._checkpoint = None
+        for worker in (self._reader, self._writer, self._checkpointer):
             if worker is not None:
                 worker.close(timeout)
-        self._reader = self._writer = None
+        self._reader = self._writer = self._checkpointer = None
 
     def _worker(self, name: str, on_exit: Callable[[], None] | None = None) -> _Worker:
         worker = _Worker(name, on_exit)
@@ -513,9 +528,11 @@ class Indexer:
             self._read_ahead(fetched, new_finalized, head)
             if not self._overlapping(fetched.end, head):
                 # One transaction reads what the range needs and writes it.
+                self._await_checkpoint()
                 with self._engine.begin() as conn:
                     prepared = self._prepare(conn, fetched, checked, cursor, new_finalized, {})
                     self._write_rows(conn, prepared)
+                self._checkpoint_in_background()
                 return SyncResult(prepared.first, prepared.end, prepared.events, head)
             with self._engine.connect() as reader:
                 prepared = self._prepare(reader, fetched, checked, cursor, new_finalized, {})
@@ -656,12 +673,56 @@ class Indexer:
 
     def _write(self, prepared: _Prepared) -> None:
         """One transaction: the range's rows and the cursor after it."""
+        self._await_checkpoint()
         with self._engine.begin() as conn:
             self._write_rows(conn, prepared)
+        self._checkpoint_in_background()
+
+    def _checkpoint_in_background(self) -> None:
+        """SQLite (a file): after a commit, the write-ahead log is copied into the database
+        file in a thread of its own while the next ranges are prepared and written, instead
+        of in the commit (SQLite's default, which holds up the indexer for about as long as
+        preparing a range takes). See `_await_checkpoint` for how the log stays bounded."""
+        if not self._checkpoints or (self._checkpoint and not self._checkpoint.done()):
+            return  # the next commit asks again
+        if self._checkpoint is not None:
+            self._wal_bytes = self._checkpoint_result(self._checkpoint)
+        if self._checkpointer is None:
+            self._checkpointer = self._worker("indexer-checkpoint")
+        engine = self._engine
+        self._checkpoint = self._checkpointer.submit(lambda: repository.checkpoint_wal(engine))
+
+    def _await_checkpoint(self) -> None:
+        """Before a write. While checkpoints run beside the writes, SQLite cannot start the
+        log over (a frame is always left to copy), so it grows; past `_WAL_LIMIT_BYTES` this
+        write waits for the running checkpoint and copies the rest itself, and so starts
+        the log over: it never holds more than about that much."""
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is None:
+            return
+        if not checkpoint.done() and self._wal_bytes < _WAL_LIMIT_BYTES:
+            self._checkpoint = checkpoint  # let it run on
+            return
+        self._wal_bytes = self._checkpoint_result(checkpoint)
+        if self._wal_bytes >= _WAL_LIMIT_BYTES:
+            repository.checkpoint_wal(self._engine)
+            self._wal_bytes = 0  # all copied: this write starts the log over
+
+    @staticmethod
+    def _checkpoint_result(checkpoint: Future[int]) -> int:
+        try:
+            return checkpoint.result()
+        except Exception:
+            # Nothing is lost: the log keeps what was not copied, the next checkpoint copies
+            # it (and SQLite's readers read it from the log meanwhile).
+            log.warning("checkpointing the SQLite write-ahead log failed", exc_info=True)
+            return 0
 
     def _write_rows(self, conn: Connection, prepared: _Prepared) -> None:
         chain_id = self._config.chain_id
         repository.prepare_bulk_writes(conn)
+        if self._checkpoints:
+            repository.defer_wal_checkpoints(conn)
         repository.insert_raw_events(conn, prepared.raw_rows)
         for table in FACT_TABLES:
             repository.insert_facts(conn, table, prepared.facts.get(table, []))
