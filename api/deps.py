@@ -89,22 +89,30 @@ _bearer = HTTPBearer(auto_error=False, description="A merchant API key or a cust
 
 
 def _merchant_of_key(gateway: Gateway, conn: Connection, token: str) -> str:
-    """The merchant of a live key. A verification is reused for `api_key_cache_s`: on
-    PostgreSQL the key's row is a round trip, a third of what a lookup costs."""
+    """The merchant of a live key. A verified key is trusted until a revocation is seen:
+    every `api_key_cache_s` a worker reads whether any key was revoked since it last
+    looked (one small read, not one per request: on PostgreSQL a key's row is a round
+    trip, a third of what a lookup costs), and forgets what it trusted if so."""
     ttl = gateway.settings.api_key_cache_s
     digest = hashlib.sha256(token.encode()).hexdigest()
-    now = time.monotonic()
-    cached = gateway.verified_keys.get(digest) if ttl > 0 else None
-    if cached is not None and cached[0] > now:
-        return cached[1]
+    if ttl > 0:
+        now = time.monotonic()
+        if now - gateway.key_revocations_read_at >= ttl:
+            revocations = gateway_repository.api_key_revocations(conn)
+            if revocations != gateway.key_revocations:
+                gateway.verified_keys.clear()
+                gateway.key_revocations = revocations
+            gateway.key_revocations_read_at = now
+        merchant = gateway.verified_keys.get(digest)
+        if merchant is not None:
+            return merchant
     key = apikeys.verify_key(conn, token)
     if key is None:
-        gateway.verified_keys.pop(digest, None)
         raise Unauthenticated("the API key is unknown or revoked")
     if ttl > 0:
-        if len(gateway.verified_keys) > 10_000:  # forget them all rather than grow
+        if len(gateway.verified_keys) > 100_000:  # forget them all rather than grow
             gateway.verified_keys.clear()
-        gateway.verified_keys[digest] = (now + ttl, key.merchant)
+        gateway.verified_keys[digest] = key.merchant
     return key.merchant
 
 

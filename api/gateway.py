@@ -28,8 +28,12 @@ class Gateway:
     # transaction too, so BEGIN and the ROLLBACK on return would be two round trips that
     # buy nothing. SQLite keeps its transaction: there it is what gives one snapshot.
     read_engine: Engine
-    # SHA-256 of a verified API key -> (monotonic expiry, merchant): see api_key_cache_s.
-    verified_keys: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # SHA-256 of a verified API key -> its merchant, trusted until a revocation is seen:
+    # see api_key_cache_s and api.deps._merchant_of_key.
+    verified_keys: dict[str, str] = field(default_factory=dict)
+    # api_key_revocations() as last read (None: not yet), and when (monotonic seconds).
+    key_revocations: tuple[int, datetime | None] | None = None
+    key_revocations_read_at: float = float("-inf")
 
     @classmethod
     def open(cls, settings: GatewaySettings, engine: Engine, manifest: Manifest) -> Gateway:

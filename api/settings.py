@@ -38,8 +38,10 @@ class GatewaySettings:
     # `rate_limit_burst`; 0 turns rate limiting off.
     rate_limit_per_s: int = 20
     rate_limit_burst: int = 60
-    # How long a worker trusts an API key it has verified: a revoked key is refused by
-    # every worker at most this many seconds later (0: checked on every request).
+    # How long a worker trusts the API keys it has verified without looking for new
+    # revocations (one small read per worker per period, whatever the number of keys): a
+    # revoked key is refused by every worker at most this many seconds later (0: each
+    # request reads its key).
     api_key_cache_s: float = 2.0
     # How long a worker reuses the newest indexed block's time (overdue is judged by it).
     block_time_cache_s: float = 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from api.deps import (
     AnyPrincipal,
@@ -112,12 +112,14 @@ def get_invoice_pdf(
     conn: ReadConnection,
     principal: AnyPrincipal,
     lang: Annotated[str | None, Query(max_length=35, description="en, de or fr")] = None,
+    accept_language: Annotated[str | None, Header(max_length=500)] = None,
 ) -> Response:
-    """The invoice as PDF, for its merchant and customer."""
+    """The invoice as PDF, for its merchant and customer, in the language of `lang`, else
+    of the Accept-Language header, else English."""
     view = invoices.load_view(gateway, conn, invoice_id)
     if view is None or not view.visible_to(principal):
         raise NotFound(f"no invoice {invoice_id.lower()}")
-    locale = negotiate(lang, None)
+    locale = negotiate(lang, accept_language)
     body = pdf.render(gateway, view, locale)
     return Response(
         body,

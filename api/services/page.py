@@ -186,6 +186,11 @@ def render_page(gateway: Gateway, view: InvoiceView, locale: str, base_path: str
         "status_url": f"{base_path}/status",
         "chain_id": hex(gateway.chain_id),
         "decimals": shown.decimals,
+        # For the Pay button's label as a smaller partial amount is typed (pay.js formats
+        # it as i18n.amount does: every significant digit, at least two fraction digits).
+        "locale": locale.replace("_", "-"),
+        "currency": shown.currency,
+        "pay_label": _("Pay"),
         "allow_partial": shown.allow_partial,
         "due": str(shown.due_units),
         "status": shown.status,

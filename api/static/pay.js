@@ -34,6 +34,31 @@
     return digits;
   }
 
+  // Base units as the page writes amounts (every significant digit, at least two fraction
+  // digits, the locale's separators); Intl formats the decimal string exactly.
+  function formatUnits(units, decimals) {
+    const digits = units.padStart(decimals + 1, "0");
+    const decimal = decimals ? digits.slice(0, -decimals) + "." + digits.slice(-decimals) : digits;
+    const format = new Intl.NumberFormat(config.locale, {
+      minimumFractionDigits: Math.min(2, decimals),
+      maximumFractionDigits: decimals,
+    });
+    const text = format.format(decimal);
+    return config.currency ? `${text} ${config.currency}` : text;
+  }
+
+  // The Pay button names the amount that will be paid: the typed one, while it is valid.
+  if (amountInput && button) {
+    const fullLabel = button.textContent;
+    amountInput.addEventListener("input", () => {
+      const amount = toBaseUnits(amountInput.value, config.decimals || 0);
+      const valid = amount !== null && amount !== "0" && compareUnits(amount, config.due) <= 0;
+      button.textContent = valid
+        ? `${config.pay_label} ${formatUnits(amount, config.decimals || 0)}`
+        : fullLabel;
+    });
+  }
+
   function compareUnits(a, b) {
     if (a.length !== b.length) return a.length < b.length ? -1 : 1;
     return a < b ? -1 : a > b ? 1 : 0;

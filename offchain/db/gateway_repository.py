@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from offchain.db.models import (
@@ -69,6 +69,16 @@ def revoke_api_key(conn: Connection, prefix: str, at: datetime) -> bool:
         .values(revoked_at=at)
     )
     return bool(result.rowcount)
+
+
+def api_key_revocations(conn: Connection) -> tuple[int, datetime | None]:
+    """How many keys were ever revoked, and the latest revocation: it changes with every
+    revocation (a revoked key stays revoked), so a worker that remembers it knows at the
+    cost of one small read whether any key it trusts may have been revoked since."""
+    row = conn.execute(
+        select(func.count(), func.max(ApiKey.revoked_at)).where(ApiKey.revoked_at.is_not(None))
+    ).one()
+    return int(row[0]), row[1]
 
 
 # ------------------------------------------------------------ Sign-In with Ethereum

@@ -410,9 +410,10 @@ def checkpoint_wal(engine: Engine) -> int:
     try:
         cursor = raw.cursor()
         cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        _busy, log_frames, _copied = cursor.fetchone()
+        checkpointed: Any = cursor.fetchone()  # (busy, frames in the log, frames copied)
+        log_frames = checkpointed[1]
         cursor.execute("PRAGMA page_size")
-        (page_size,) = cursor.fetchone()
+        page_size: Any = cursor.fetchone()[0]  # type: ignore[index]
         cursor.close()
     finally:
         raw.close()

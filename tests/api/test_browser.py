@@ -183,3 +183,41 @@ def test_customer_pays_from_the_page_in_chromium(
             assert errors == []
         finally:
             browser.close()
+
+
+def test_the_pay_button_names_the_partial_amount_typed(
+    live_server: Callable[[], str],
+    merchant_key: str,
+    mirror: Mirror,
+    token: Any,
+    customer: Any,
+    chain: Any,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base = live_server()
+    body = invoice_body(token, customer, chain, reference="BROWSER-PARTIAL", allow_partial=True)
+    created = httpx.post(f"{base}/v1/invoices", json=body, headers=bearer(merchant_key), timeout=30)
+    assert created.status_code == 201, created.text
+    invoice = created.json()
+    send(mirror.web3, invoice["transaction"])
+    mirror.sync()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(invoice["public_url"] + "?lang=de")
+            assert page.inner_text("#pay-button") == "Bezahlen 99,25 TUSD"
+            page.fill("#pay-amount", "1234.5")  # more than is due: the label keeps the due amount
+            assert page.inner_text("#pay-button") == "Bezahlen 99,25 TUSD"
+            page.fill("#pay-amount", "12.5")
+            assert page.inner_text("#pay-button") == "Bezahlen 12,50 TUSD"
+            page.fill("#pay-amount", "0.000001")
+            assert page.inner_text("#pay-button") == "Bezahlen 0,000001 TUSD"
+            page.fill("#pay-amount", "zwölf")
+            assert page.inner_text("#pay-button") == "Bezahlen 99,25 TUSD"
+        finally:
+            browser.close()

@@ -39,9 +39,37 @@ def test_a_verified_key_is_reused_until_the_cache_expires(
     fresh = make_client(api_key_cache_s=3600)
     assert fresh.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 401
     gateway = client.app.state.gateway  # type: ignore[attr-defined]
-    for digest, (_, merchant) in list(gateway.verified_keys.items()):
-        gateway.verified_keys[digest] = (0.0, merchant)  # the window has passed
+    gateway.key_revocations_read_at = float("-inf")  # the window has passed
     assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 401
+
+
+def test_a_revocation_makes_a_worker_verify_every_key_again(
+    make_client: Callable[..., TestClient],
+    engine: Engine,
+    merchant_key: str,
+    stranger_key: str,
+) -> None:
+    """Keys are trusted until a revocation is seen, whichever key it was: then every key
+    is read again, and the live ones still pass."""
+    client = make_client(api_key_cache_s=3600)
+    gateway = client.app.state.gateway  # type: ignore[attr-defined]
+    for key in (merchant_key, stranger_key):
+        assert client.get("/v1/invoices", headers=bearer(key)).status_code == 200
+    assert len(gateway.verified_keys) == 2
+    with engine.begin() as conn:
+        other = apikeys.create_key(conn, "0x" + "ab" * 20, "to revoke")
+    _revoke(engine, other.key)
+    gateway.key_revocations_read_at = float("-inf")  # the window has passed
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 200
+    assert len(gateway.verified_keys) == 1  # the others were forgotten, this one re-read
+    assert client.get("/v1/invoices", headers=bearer(stranger_key)).status_code == 200
+    _revoke(engine, stranger_key)
+    # No new revocation is looked for within the window: the stranger's key still passes...
+    assert client.get("/v1/invoices", headers=bearer(stranger_key)).status_code == 200
+    gateway.key_revocations_read_at = float("-inf")
+    # ...and once the window has passed it is refused, while the merchant's is not.
+    assert client.get("/v1/invoices", headers=bearer(stranger_key)).status_code == 401
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 200
 
 
 def test_a_wrong_secret_with_a_cached_prefix_is_refused(

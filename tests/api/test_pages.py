@@ -370,6 +370,10 @@ def test_pdf_rendition(
     assert client.get(api_url, headers=bearer(merchant_key)).status_code == 200
     session = customer_session(engine, customer.address, chain.chain_id)
     assert "Consulting" in _pdf_text(client.get(api_url, headers=bearer(session)).content)
+    french = client.get(api_url, headers={**bearer(session), "Accept-Language": "fr-CH, de;q=0.5"})
+    assert "Facture INV-2026-0001" in _pdf_text(french.content)
+    chosen = client.get(api_url + "?lang=de", headers={**bearer(session), "Accept-Language": "fr"})
+    assert "Rechnung INV-2026-0001" in _pdf_text(chosen.content)  # ?lang= wins over the header
     assert client.get(api_url, headers=bearer(stranger_key)).status_code == 404
     assert client.get(api_url).status_code == 401
 
