@@ -344,7 +344,7 @@ def load_view(gateway: Gateway, conn: Connection, invoice_id: str) -> InvoiceVie
     """The invoice, or None when neither the mirror nor the documents know it."""
     invoice_id = invoice_id.lower()
     chain_id, registry = gateway.chain_id, gateway.registry
-    row, document = invoices_view.invoice_and_document(conn, chain_id, registry, invoice_id)
+    row, document, movements = invoices_view.invoice_view(conn, chain_id, registry, invoice_id)
     if row is None and document is None:
         return None
     view = InvoiceView(
@@ -356,7 +356,6 @@ def load_view(gateway: Gateway, conn: Connection, invoice_id: str) -> InvoiceVie
         except ValueError:
             view.content = None  # tampered beyond JSON: content_matches says so
     if row is not None:
-        movements = invoices_view.money_movements(conn, chain_id, registry, invoice_id)
         view.payments = movements["payment"]
         view.settlements = movements["settlement"]
         view.refunds = movements["refund"]
