@@ -77,6 +77,33 @@ _VIEW_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+@router.delete(
+    "/{invoice_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        401: _error("No or an unknown API key"),
+        403: _error("Not a merchant key"),
+        404: _error("No invoice of this merchant with this id"),
+        409: _error("The invoice is issued on-chain (void it there instead)"),
+        503: _error("The node does not answer"),
+    },
+)
+def withdraw_invoice(
+    invoice_id: InvoiceIdPath,
+    gateway: GatewayDep,
+    conn: WriteConnection,
+    principal: MerchantPrincipal,
+) -> Response:
+    """Withdraws an invoice created here whose issuing transaction was never mined (not
+    signed, dropped, or replaced): its stored content is forgotten and its reference can be
+    used again. Refused (409) once the invoice is on-chain, indexed or not. A transaction
+    still waiting in a mempool would issue it after all, then without content here: send
+    the same request to POST /v1/invoices again to store it."""
+    invoices.withdraw_pending(gateway, conn, principal, invoice_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.get(
     "/{invoice_id}",
     response_model=InvoiceDetail,

@@ -15,7 +15,14 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, Web3Exception
 
 from api.deps import Principal, PrincipalKind
-from api.errors import ChainUnavailable, Conflict, Forbidden, GatewayError, InvalidInput
+from api.errors import (
+    ChainUnavailable,
+    Conflict,
+    Forbidden,
+    GatewayError,
+    InvalidInput,
+    NotFound,
+)
 from api.gateway import Gateway
 from api.repository import invoices_view
 from api.schemas.invoices import (
@@ -338,6 +345,33 @@ class InvoiceView:
         return principal.address == self.customer or any(
             principal.address == str(p["payer"]).lower() for p in self.payments
         )
+
+
+def withdraw_pending(
+    gateway: Gateway, conn: Connection, principal: Principal, invoice_id: str
+) -> None:
+    """Forgets the document of an invoice the merchant created here but never issued
+    on-chain (its transaction was never signed, or never mined), so that its reference
+    can be used again. An invoice that is on-chain stays: it is voided on-chain instead."""
+    invoice_id = invoice_id.lower()
+    chain_id, registry = gateway.chain_id, gateway.registry
+    mirrored = invoices_view.invoice(conn, chain_id, registry, invoice_id)
+    document = gateway_repository.invoice_document(conn, chain_id, registry, invoice_id)
+    owner = mirrored or document
+    if owner is None or owner.merchant.lower() != principal.address:
+        raise NotFound(f"no invoice {invoice_id} of this merchant")
+    on_chain = mirrored is not None or gateway.chain.call(
+        gateway.chain.registry.functions.statusOf(bytes.fromhex(invoice_id[2:]))
+    )
+    if on_chain:
+        raise Conflict(
+            f"invoice {invoice_id} is issued on-chain: its content stays; void it with the "
+            "registry's void(invoiceId) while it is unpaid"
+        )
+    if document is None or not gateway_repository.delete_invoice_document(
+        conn, chain_id, registry, invoice_id
+    ):
+        raise NotFound(f"no invoice {invoice_id} of this merchant")
 
 
 def load_view(gateway: Gateway, conn: Connection, invoice_id: str) -> InvoiceView | None:

@@ -203,6 +203,20 @@ def invoice_document(
     return None if row is None else InvoiceDocument(**row._mapping)
 
 
+def delete_invoice_document(
+    conn: Connection, chain_id: int, contract: str, invoice_id: str
+) -> bool:
+    """Forgets an invoice's stored content; False when there was none."""
+    result = conn.execute(
+        delete(_table(InvoiceDocument)).where(
+            InvoiceDocument.chain_id == chain_id,
+            InvoiceDocument.contract == contract,
+            InvoiceDocument.invoice_id == invoice_id,
+        )
+    )
+    return bool(result.rowcount)
+
+
 def set_invoice_transaction(
     conn: Connection, chain_id: int, contract: str, invoice_id: str, transaction_hash: str
 ) -> None:

@@ -322,6 +322,48 @@ def test_a_reference_works_once_per_merchant(
     assert direct.status_code == 409
 
 
+def test_a_never_issued_invoice_can_be_withdrawn_and_its_reference_used_again(
+    client: TestClient,
+    engine: Engine,
+    merchant_key: str,
+    stranger_key: str,
+    token: Any,
+    customer: Any,
+    chain: Any,
+    mirror: Mirror,
+) -> None:
+    body = invoice_body(token, customer, chain, reference="WITHDRAW-1")
+    created = create(client, merchant_key, body)
+    url = f"/v1/invoices/{created['invoice_id']}"
+    # Another merchant and a customer may not withdraw it.
+    assert client.delete(url, headers=bearer(stranger_key)).status_code == 404
+    session = customer_session(engine, customer.address, chain.chain_id)
+    assert client.delete(url, headers=bearer(session)).status_code == 403
+    assert client.delete(url).status_code == 401
+    assert client.get(url, headers=bearer(merchant_key)).json()["pending"] is True
+
+    assert client.delete(url, headers=bearer(merchant_key)).status_code == 204
+    assert client.get(url, headers=bearer(merchant_key)).status_code == 404
+    assert client.delete(url, headers=bearer(merchant_key)).status_code == 404  # once only
+    # The reference is free again: new content, the same invoice id.
+    again = create(client, merchant_key, {**body, "notes": "second try"})
+    assert again["invoice_id"] == created["invoice_id"]
+    assert again["content_hash"] != created["content_hash"]
+
+    # Once its transaction is mined the invoice stays, indexed or not yet.
+    send(mirror.web3, again["transaction"])
+    refused = client.delete(url, headers=bearer(merchant_key))
+    assert refused.status_code == 409 and "void" in refused.json()["error"]["message"]
+    mirror.sync()
+    assert client.delete(url, headers=bearer(merchant_key)).status_code == 409
+    view = client.get(url, headers=bearer(merchant_key)).json()
+    assert view["content_matches"] is True and view["document"]["notes"] == "second try"
+    assert (
+        client.delete(f"/v1/invoices/0x{'ab' * 32}", headers=bearer(merchant_key)).status_code
+        == 404
+    )
+
+
 def test_creation_needs_a_merchant_key(
     client: TestClient, engine: Engine, token: Any, customer: Any, chain: Any
 ) -> None:
