@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
 
+from tests.api.conftest import bearer
 from tests.offchain.indexer.helpers import Mirror
 
 
@@ -43,3 +46,32 @@ def test_openapi_document_is_served(client: TestClient) -> None:
     assert schema["info"]["title"] == "chainbill gateway"
     assert "/health" in schema["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_a_database_that_goes_away_is_a_503_to_retry_and_service_resumes(
+    client: TestClient, engine: Engine, merchant_key: str
+) -> None:
+    """PostgreSQL restarting or refusing connections: requests get 503 with Retry-After
+    (not a 500), and the same app serves again once the database is back."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite is a file in this process: there is no server to lose")
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 200
+    database = engine.url.database
+    admin = create_engine(engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                {"d": database},
+            )
+        refused = client.get("/v1/invoices", headers=bearer(merchant_key))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "database_unavailable"
+        assert refused.headers["retry-after"] == "1"
+        assert client.get("/health").status_code == 503
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    assert client.get("/v1/invoices", headers=bearer(merchant_key)).status_code == 200
