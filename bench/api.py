@@ -35,10 +35,8 @@ import asyncio
 import hashlib
 import io
 import json
-import math
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +56,7 @@ from sqlalchemy import Engine, create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/api.py` from anywhere
 
+from bench.common import anvil, free_port, note, percentile  # noqa: E402
 from offchain import apikeys  # noqa: E402
 from offchain.db.engine import make_engine, normalize_url, upgrade_schema  # noqa: E402
 from offchain.db.models import Invoice, InvoicePayment  # noqa: E402
@@ -75,62 +74,11 @@ UINT_DIGITS = 78
 REQUEST_TIMEOUT_S = 30.0
 
 
-def note(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
-    return ordered[index]
-
-
 def hex_of(seed: str, length: int) -> str:
     return "0x" + hashlib.sha256(seed.encode()).hexdigest()[:length]
 
 
 # ------------------------------------------------------------------------------- Anvil
-
-
-@contextmanager
-def anvil() -> Iterator[str]:
-    binary = shutil.which("anvil", path=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-    if binary is None:
-        raise SystemExit("anvil not found: run `make setup` first")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [binary, "--host", "127.0.0.1", "--port", str(port), "--silent"]
-    command += ["--chain-id", str(CHAIN_ID)]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            probe = RpcClient(url, retries=0)
-            for _ in range(200):
-                try:
-                    probe.chain_id()
-                    break
-                except Exception:
-                    if process.poll() is not None:
-                        log.seek(0)
-                        raise SystemExit(f"anvil exited: {log.read().decode()[-2000:]}") from None
-                    time.sleep(0.05)
-            else:
-                raise SystemExit(f"anvil did not answer at {url}")
-            probe.close()
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @dataclass(frozen=True)
@@ -890,7 +838,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-api-")))
-        rpc_url = stack.enter_context(anvil())
+        rpc_url = stack.enter_context(anvil(CHAIN_ID))
         deployment = deploy(rpc_url)
         write_manifest(deployment, workdir / "manifest.json")
         for kind in kinds:

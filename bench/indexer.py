@@ -36,7 +36,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +54,16 @@ from eth_abi import encode
 from eth_utils import keccak
 from sqlalchemy import create_engine, text
 
-from offchain.abi import load_abi
-from offchain.config import LOCAL_CHAIN_ID, default_confirmations
-from offchain.db.engine import make_engine, normalize_url, upgrade_schema
-from offchain.indexer.indexer import Indexer, IndexerConfig, SyncResult, count_events
-from offchain.indexer.rpc import RpcClient
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `python bench/indexer.py` from anywhere
+
+from bench.common import anvil, note, percentile  # noqa: E402
+from offchain.abi import load_abi  # noqa: E402
+from offchain.config import LOCAL_CHAIN_ID, default_confirmations  # noqa: E402
+from offchain.db.engine import make_engine, normalize_url, upgrade_schema  # noqa: E402
+from offchain.indexer.indexer import Indexer, IndexerConfig, SyncResult, count_events  # noqa: E402
+from offchain.indexer.rpc import RpcClient  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "indexer.json"
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 TARGET_RATIO = 0.4
@@ -158,72 +160,21 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
-    return ordered[index]
-
-
-def note(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 # ------------------------------------------------------------------------------- Anvil
 
 
-@contextmanager
-def anvil() -> Iterator[str]:
-    """A fresh Anvil chain of our own: no automine (we pack blocks), free gas, any sender."""
-    binary = shutil.which("anvil", path=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-    if binary is None:
-        raise SystemExit("anvil not found: run `make setup` first")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        binary,
-        *("--host", "127.0.0.1", "--port", str(port)),
-        *("--chain-id", str(LOCAL_CHAIN_ID)),
-        *("--gas-limit", "2000000000"),
-        *("--block-base-fee-per-gas", "0", "--gas-price", "0", "--disable-min-priority-fee"),
-        *("--auto-impersonate", "--no-mining", "--order", "fifo", "--silent"),
-        # Anvil 1.7 rebuilds the whole state trie for every block it mines, so a block
-        # costs more as the state grows: no historical states (nothing here reads old
-        # state; blocks, receipts and logs are all kept), and Cancun, the contracts' EVM
-        # version, whose blocks do not fill the EIP-2935 block-hash history contract.
-        "--prune-history",
-        *("--hardfork", "cancun"),
-    ]
-    # Its output goes to a file: a pipe nobody reads could block it.
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            probe = RpcClient(url, retries=0)
-            for _ in range(200):
-                try:
-                    probe.chain_id()
-                    break
-                except Exception:
-                    if process.poll() is not None:
-                        log.seek(0)
-                        raise SystemExit(f"anvil exited: {log.read().decode()[-2000:]}") from None
-                    time.sleep(0.05)
-            else:
-                raise SystemExit(f"anvil did not answer at {url}")
-            probe.close()
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+# No automine (we pack blocks), free gas, any sender. Anvil 1.7 rebuilds the whole state
+# trie for every block it mines, so a block costs more as the state grows: no historical
+# states (nothing here reads old state; blocks, receipts and logs are all kept), and Cancun,
+# the contracts' EVM version, whose blocks do not fill the EIP-2935 block-hash history
+# contract.
+ANVIL_OPTIONS = (
+    *("--gas-limit", "2000000000"),
+    *("--block-base-fee-per-gas", "0", "--gas-price", "0", "--disable-min-priority-fee"),
+    *("--auto-impersonate", "--no-mining", "--order", "fifo"),
+    "--prune-history",
+    *("--hardfork", "cancun"),
+)
 
 
 # ---------------------------------------------------------------------------- workload
@@ -941,7 +892,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     load_start = load()
     workdir = Path(tempfile.mkdtemp(prefix="chainbill-bench-"))
     try:
-        with anvil() as url:
+        with anvil(LOCAL_CHAIN_ID, *ANVIL_OPTIONS) as url:
             rpc = RpcClient(url, timeout=600)
             workload = Workload(rpc, args.events_per_block, args.empty_blocks)
             bench = Bench(args, url, workload, postgres, workdir)
@@ -1160,7 +1111,7 @@ def main() -> int:
         type=int,
         default=100,
         help="a block is mined once its transactions emit this many chainbill events "
-        "(a chargeBatch emits 50 or more); fewer make generation slower (see anvil())",
+        "(a chargeBatch emits 50 or more); fewer make generation slower (see ANVIL_OPTIONS)",
     )
     parser.add_argument(
         "--empty-blocks",
