@@ -9,28 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, select
+from sqlalchemy import Connection, Table, select
 
 from api.repository.lookups import (
     UNPAID,
     Deployment,
     SubscriptionFilter,
+    fetch_dicts,
     list_subscriptions,
     table,
+    with_subscription_and_plan,
 )
 from offchain.db.models import (
     Base,
     Invoice,
     Plan,
-    Subscription,
     SubscriptionCancellation,
     SubscriptionLapse,
     UsageReport,
 )
-
-
-def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
-    return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def merchant_subscriptions(
@@ -41,26 +38,10 @@ def merchant_subscriptions(
 
 
 def _of_merchant(fact: Table, where: Deployment, merchant: str, *columns: Any) -> Any:
-    sub, plan = table(Subscription), table(Plan)
+    plan = table(Plan)
     return (
         select(*columns)
-        .select_from(
-            fact.join(
-                sub,
-                and_(
-                    sub.c.chain_id == fact.c.chain_id,
-                    sub.c.contract == fact.c.contract,
-                    sub.c.subscription_id == fact.c.subscription_id,
-                ),
-            ).join(
-                plan,
-                and_(
-                    plan.c.chain_id == sub.c.chain_id,
-                    plan.c.contract == sub.c.contract,
-                    plan.c.plan_id == sub.c.plan_id,
-                ),
-            )
-        )
+        .select_from(with_subscription_and_plan(fact))
         .where(
             fact.c.chain_id == where.chain_id,
             fact.c.contract == where.manager,
@@ -77,7 +58,7 @@ def _fact(model: type[Base]) -> Table:
 def cancellations(conn: Connection, where: Deployment, merchant: str) -> list[dict[str, Any]]:
     """Cancellations of the merchant's subscriptions, in chain order."""
     fact = _fact(SubscriptionCancellation)
-    return _rows(
+    return fetch_dicts(
         conn,
         _of_merchant(
             fact,
@@ -93,7 +74,7 @@ def cancellations(conn: Connection, where: Deployment, merchant: str) -> list[di
 
 def lapses(conn: Connection, where: Deployment, merchant: str) -> list[dict[str, Any]]:
     fact = _fact(SubscriptionLapse)
-    return _rows(
+    return fetch_dicts(
         conn, _of_merchant(fact, where, merchant, fact.c.subscription_id, fact.c.lapsed_at)
     )
 
@@ -101,7 +82,7 @@ def lapses(conn: Connection, where: Deployment, merchant: str) -> list[dict[str,
 def usage_reports(conn: Connection, where: Deployment, merchant: str) -> list[dict[str, Any]]:
     """Usage reports of the merchant's subscriptions, in chain order."""
     fact = _fact(UsageReport)
-    return _rows(
+    return fetch_dicts(
         conn,
         _of_merchant(
             fact,
@@ -124,4 +105,4 @@ def unpaid_invoices(conn: Connection, where: Deployment, merchant: str) -> list[
         inv.c.merchant == merchant,
         inv.c.status.in_(UNPAID),
     )
-    return _rows(conn, query)
+    return fetch_dicts(conn, query)

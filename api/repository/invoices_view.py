@@ -57,18 +57,18 @@ def _by_key(table: Table) -> Any:
     )
 
 
+# An invoice and its stored document, if any.
+_INVOICE_AND_DOCUMENT = _INVOICES.outerjoin(
+    _DOCUMENTS,
+    and_(
+        _DOCUMENTS.c.chain_id == _INVOICES.c.chain_id,
+        _DOCUMENTS.c.contract == _INVOICES.c.contract,
+        _DOCUMENTS.c.invoice_id == _INVOICES.c.invoice_id,
+    ),
+)
 _INVOICE_WITH_DOCUMENT = (
     select(_INVOICES, *(c.label(_DOC + c.name) for c in _DOCUMENTS.c))
-    .select_from(
-        _INVOICES.outerjoin(
-            _DOCUMENTS,
-            and_(
-                _DOCUMENTS.c.chain_id == _INVOICES.c.chain_id,
-                _DOCUMENTS.c.contract == _INVOICES.c.contract,
-                _DOCUMENTS.c.invoice_id == _INVOICES.c.invoice_id,
-            ),
-        )
-    )
+    .select_from(_INVOICE_AND_DOCUMENT)
     .where(_by_key(_INVOICES))
 )
 _DOCUMENT = select(_DOCUMENTS).where(_by_key(_DOCUMENTS))
@@ -155,16 +155,7 @@ _VIEW = (
         *(c.label(_DOC + c.name) for c in _DOCUMENTS.c),
         *(c.label(_MV + c.name) for c in _MOVEMENTS.c),
     )
-    .select_from(
-        _INVOICES.outerjoin(
-            _DOCUMENTS,
-            and_(
-                _DOCUMENTS.c.chain_id == _INVOICES.c.chain_id,
-                _DOCUMENTS.c.contract == _INVOICES.c.contract,
-                _DOCUMENTS.c.invoice_id == _INVOICES.c.invoice_id,
-            ),
-        ).outerjoin(_MOVEMENTS, true())
-    )
+    .select_from(_INVOICE_AND_DOCUMENT.outerjoin(_MOVEMENTS, true()))
     .where(_by_key(_INVOICES))
     .order_by(_MOVEMENTS.c.block_number, _MOVEMENTS.c.log_index)
 )

@@ -61,8 +61,28 @@ class Deployment:
     registry: str
 
 
-def _rows(conn: Connection, query: Any) -> list[dict[str, Any]]:
+def fetch_dicts(conn: Connection, query: Any) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def with_subscription_and_plan(fact: Table) -> Any:
+    """A subscription fact table joined to its subscription and that one's plan."""
+    sub, plan = table(Subscription), table(Plan)
+    return fact.join(
+        sub,
+        and_(
+            sub.c.chain_id == fact.c.chain_id,
+            sub.c.contract == fact.c.contract,
+            sub.c.subscription_id == fact.c.subscription_id,
+        ),
+    ).join(
+        plan,
+        and_(
+            plan.c.chain_id == sub.c.chain_id,
+            plan.c.contract == sub.c.contract,
+            plan.c.plan_id == sub.c.plan_id,
+        ),
+    )
 
 
 # ---------------------------------------------------------------------- invoices
@@ -134,7 +154,7 @@ def list_invoices(
     after: tuple[int, str] | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    return _rows(conn, invoice_query(where, f, after, limit))
+    return fetch_dicts(conn, invoice_query(where, f, after, limit))
 
 
 # ----------------------------------------------------------------- subscriptions
@@ -253,7 +273,7 @@ def list_subscriptions(
     query = query.order_by(sub.c.subscription_id)
     if limit is not None:
         query = query.limit(limit)
-    return _rows(conn, query)
+    return fetch_dicts(conn, query)
 
 
 # ----------------------------------------------------------------------- charges
@@ -290,23 +310,7 @@ def _charge_select(model: type[Base], where: Deployment, f: ChargeFilter) -> Sel
             (null() if is_charge else fact.c.due_at).label("due_at"),
             (null() if is_charge else fact.c.reason).label("reason"),
         )
-        .select_from(
-            fact.join(
-                sub,
-                and_(
-                    sub.c.chain_id == fact.c.chain_id,
-                    sub.c.contract == fact.c.contract,
-                    sub.c.subscription_id == fact.c.subscription_id,
-                ),
-            ).join(
-                plan,
-                and_(
-                    plan.c.chain_id == sub.c.chain_id,
-                    plan.c.contract == sub.c.contract,
-                    plan.c.plan_id == sub.c.plan_id,
-                ),
-            )
-        )
+        .select_from(with_subscription_and_plan(fact))
         .where(fact.c.chain_id == where.chain_id, fact.c.contract == where.manager)
     )
     if f.merchant is not None:
@@ -343,7 +347,7 @@ def list_charges(
     query = query.order_by(combined.c.block_number, combined.c.log_index)
     if limit is not None:
         query = query.limit(limit)
-    rows = _rows(conn, query)
+    rows = fetch_dicts(conn, query)
     for row in rows:
         # A union loses the Uint256 type of the columns on SQLite (zero-padded text there).
         row["amount"] = int(row["amount"])
@@ -370,7 +374,7 @@ def usage_reports(
     ).where(rep.c.chain_id == where.chain_id, rep.c.contract == where.manager)
     if subscription_ids is not None:
         query = query.where(rep.c.subscription_id.in_(list(subscription_ids)))
-    return _rows(conn, query.order_by(rep.c.block_number, rep.c.log_index))
+    return fetch_dicts(conn, query.order_by(rep.c.block_number, rep.c.log_index))
 
 
 def usage_charges(
@@ -403,7 +407,7 @@ def usage_charges(
             uc.c.subscription_id.in_(list(subscription_ids)),
         )
     )
-    return _rows(conn, query)
+    return fetch_dicts(conn, query)
 
 
 # --------------------------------------------------------------------- statement
@@ -474,7 +478,9 @@ def statement_invoice_lines(
         )
         parts.append(query)
     combined = union_all(*parts).subquery("s")
-    rows = _rows(conn, select(combined).order_by(combined.c.block_number, combined.c.log_index))
+    rows = fetch_dicts(
+        conn, select(combined).order_by(combined.c.block_number, combined.c.log_index)
+    )
     for row in rows:
         row["amount"] = int(row["amount"])
         if row["fee"] is not None:
