@@ -250,11 +250,20 @@ def update_delivery(conn: Connection, delivery_id: int, values: dict[str, Any]) 
     )
 
 
-def cancel_pending_deliveries(conn: Connection, event_id: int, reason: str) -> int:
+def cancel_pending_deliveries(
+    conn: Connection, reason: str, *, event_id: int | None = None, endpoint_id: int | None = None
+) -> int:
+    """Cancels the deliveries not made yet (pending or failed) of an event or an endpoint."""
+    assert (event_id is None) != (endpoint_id is None)
+    which = (
+        WebhookDelivery.event_id == event_id
+        if event_id is not None
+        else WebhookDelivery.endpoint_id == endpoint_id
+    )
     result = conn.execute(
         update(_table(WebhookDelivery))
         .where(
-            WebhookDelivery.event_id == event_id,
+            which,
             WebhookDelivery.status.in_(
                 [WebhookDeliveryStatus.PENDING, WebhookDeliveryStatus.FAILED]
             ),

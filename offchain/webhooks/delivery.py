@@ -184,7 +184,15 @@ class Deliverer:
             for delivery, event, endpoint in claimed:
                 if endpoint is None or endpoint.deleted_at is not None:
                     with self.engine.begin() as conn:
-                        repo.cancel_pending_deliveries(conn, event.id, "the endpoint was deleted")
+                        repo.update_delivery(
+                            conn,
+                            delivery.id,
+                            {
+                                "status": WebhookDeliveryStatus.CANCELED,
+                                "next_attempt_at": None,
+                                "last_error": "the endpoint was deleted",
+                            },
+                        )
                     continue
                 if not endpoint.enabled:
                     with self.engine.begin() as conn:

@@ -159,10 +159,45 @@ def set_enabled(
     return endpoint
 
 
+def update_endpoint(
+    conn: Connection,
+    public_id: str,
+    merchant: str | None,
+    *,
+    enabled: bool | None = None,
+    url: str | None = None,
+    description: str | None = None,
+    event_types: list[str] | None = None,
+    include_unconfirmed: bool | None = None,
+) -> WebhookEndpoint:
+    """Changes what is given (None: left as it is). The change applies to events produced
+    from now on; deliveries already queued go out as they were."""
+    endpoint = get_endpoint(conn, public_id, merchant)
+    values: dict[str, object] = {}
+    if enabled is not None:
+        values["enabled"] = enabled
+    if url is not None:
+        values["url"] = check_url(url)
+    if description is not None:
+        if len(description) > 200:
+            raise WebhookError("the description is at most 200 characters")
+        values["description"] = description
+    if event_types is not None:
+        values["event_types"] = json.dumps(check_event_types(event_types))
+    if include_unconfirmed is not None:
+        values["include_unconfirmed"] = include_unconfirmed
+    if values:
+        repo.update_endpoint(conn, endpoint.id, values)
+        for name, value in values.items():
+            setattr(endpoint, name, value)
+    return endpoint
+
+
 def delete_endpoint(conn: Connection, public_id: str, merchant: str | None) -> None:
     """Deleted endpoints get no new events; their pending deliveries are canceled."""
     endpoint = get_endpoint(conn, public_id, merchant)
     repo.update_endpoint(conn, endpoint.id, {"deleted_at": datetime.now(UTC), "enabled": False})
+    repo.cancel_pending_deliveries(conn, "the endpoint was deleted", endpoint_id=endpoint.id)
 
 
 def rotate_secret(

@@ -237,7 +237,7 @@ def _cancel_orphans(conn: Connection, chain_id: int, result: ProduceResult) -> N
         if repo.raw_event_exists(conn, chain_id, event.block_hash, event.log_index):
             continue
         result.canceled_deliveries += repo.cancel_pending_deliveries(
-            conn, event.id, "orphaned by a reorg: the block is no longer on the chain"
+            conn, "orphaned by a reorg: the block is no longer on the chain", event_id=event.id
         )
 
 
