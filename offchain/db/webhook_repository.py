@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from offchain.db.models import (
     Base,
+    Block,
     Charge,
     ChargeFailure,
     IndexerState,
@@ -339,10 +340,16 @@ def indexer_position(conn: Connection, chain_id: int) -> tuple[int, int] | None:
 
 
 def latest_block_time(conn: Connection, chain_id: int) -> int | None:
-    """The chain's time as the mirror knows it: the newest block time among its events."""
+    """The chain's time as the mirror knows it: the time of the newest block whose header
+    the indexer keeps (it keeps the last one it indexed, events or not), else of the newest
+    event."""
     value = conn.execute(
-        select(func.max(RawEvent.block_time)).where(RawEvent.chain_id == chain_id)
+        select(func.max(Block.timestamp)).where(Block.chain_id == chain_id)
     ).scalar_one_or_none()
+    if value is None:
+        value = conn.execute(
+            select(func.max(RawEvent.block_time)).where(RawEvent.chain_id == chain_id)
+        ).scalar_one_or_none()
     return None if value is None else int(value)
 
 
