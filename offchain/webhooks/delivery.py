@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from offchain.db import webhook_repository as repo
 from offchain.db.models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint, WebhookEvent
@@ -246,7 +247,14 @@ class Worker:
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
         while not stop.is_set():
-            self.round()
+            try:
+                self.round()
+            except OperationalError as exc:
+                if once:
+                    raise
+                # The database went away (restart, failover): nothing is lost (the outbox
+                # and the leases are in it), so wait and go on rather than die.
+                log.warning("webhook round failed, retrying: %s", exc)
             if once:
                 return
             stop.wait(self.poll_interval_s)
