@@ -141,7 +141,7 @@ def disable(
     endpoint_id: Annotated[str, typer.Argument(help="The endpoint's id (we_...).")],
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
-    """Stop sending to an endpoint (its deliveries wait until it is enabled again)."""
+    """Stop sending to an endpoint: no new events; queued deliveries wait until enabled."""
     _set_enabled(endpoint_id, False, database_url)
 
 

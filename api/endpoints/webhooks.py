@@ -90,8 +90,9 @@ def update_endpoint(
     conn: WriteConnection,
     principal: MerchantPrincipal,
 ) -> WebhookEndpointView:
-    """Enable or disable (a disabled endpoint's deliveries wait), change the URL, the event
-    types or the unconfirmed opt-in: for events produced from now on."""
+    """Enable or disable (a disabled endpoint gets no new events; its queued deliveries
+    wait until it is enabled again), change the URL, the event types or the unconfirmed
+    opt-in: for events produced from now on."""
     return webhooks.update(conn, principal.address, endpoint_id, request)
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, and_, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 
 from offchain.db.models import (
     Base,
@@ -112,16 +112,27 @@ def update_endpoint(conn: Connection, endpoint_id: int, values: dict[str, Any]) 
 # ------------------------------------------------------------------------ events
 
 
+def _insert_ignoring_conflict(conn: Connection, model: type[Base], values: dict[str, Any]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new row's id, or None when a
+    unique key holds it already. No exception and no savepoint: the producer runs into
+    its own earlier rows on every pass over the unconfirmed window."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(_table(model))
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(_table(model))
+    else:
+        raise RuntimeError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
+    id_column = _table(model).c.id
+    return conn.execute(
+        stmt.values(values).on_conflict_do_nothing().returning(id_column)
+    ).scalar_one_or_none()
+
+
 def insert_event(conn: Connection, values: dict[str, Any]) -> int | None:
     """Inserts an event; None (nothing written) when its dedupe key was produced before."""
-    try:
-        with conn.begin_nested():
-            result = conn.execute(
-                _table(WebhookEvent).insert().values(values).returning(WebhookEvent.id)
-            )
-            return int(result.scalar_one())
-    except IntegrityError:
-        return None
+    row_id = _insert_ignoring_conflict(conn, WebhookEvent, values)
+    return None if row_id is None else int(row_id)
 
 
 def event_by_dedupe_key(conn: Connection, dedupe_key: str) -> WebhookEvent | None:
@@ -173,12 +184,9 @@ def raw_event_exists(conn: Connection, chain_id: int, block_hash: str, log_index
 # -------------------------------------------------------------------- deliveries
 
 
-def insert_delivery(conn: Connection, values: dict[str, Any]) -> None:
-    try:
-        with conn.begin_nested():
-            conn.execute(_table(WebhookDelivery).insert().values(values))
-    except IntegrityError:
-        pass  # that event already goes to that endpoint
+def insert_delivery(conn: Connection, values: dict[str, Any]) -> bool:
+    """False when that event already goes to that endpoint."""
+    return _insert_ignoring_conflict(conn, WebhookDelivery, values) is not None
 
 
 def _delivery(row: Any) -> WebhookDelivery:
@@ -206,14 +214,20 @@ def due_deliveries(conn: Connection, now: datetime, limit: int) -> list[WebhookD
     return [_delivery(row) for row in conn.execute(query)]
 
 
-def lease_delivery(conn: Connection, delivery_id: int, until: datetime) -> None:
-    """Pushes a claimed delivery's next attempt past the time its request may take: should
-    the worker die in flight, the delivery is tried again once the lease is over."""
-    conn.execute(
+def lease_delivery(conn: Connection, delivery_id: int, now: datetime, until: datetime) -> bool:
+    """Pushes a due delivery's next attempt past the time its request may take: should the
+    worker die in flight, the delivery is tried again once the lease is over. False when
+    it is no longer due (another worker took it first)."""
+    result = conn.execute(
         update(_table(WebhookDelivery))
-        .where(WebhookDelivery.id == delivery_id)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+        )
         .values(next_attempt_at=until)
     )
+    return bool(result.rowcount)
 
 
 def delivery_by_public_id(conn: Connection, public_id: str) -> WebhookDelivery | None:

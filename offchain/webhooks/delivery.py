@@ -107,8 +107,7 @@ class Deliverer:
             if not due:
                 return []
             until = now + timedelta(seconds=self.policy.lease_s)
-            for delivery in due:
-                repo.lease_delivery(conn, delivery.id, until)
+            due = [d for d in due if repo.lease_delivery(conn, d.id, now, until)]
             events = repo.events_by_ids(conn, [d.event_id for d in due])
             endpoints = repo.endpoints_by_ids(conn, [d.endpoint_id for d in due])
         return [(d, events[d.event_id], endpoints.get(d.endpoint_id)) for d in due]

@@ -153,7 +153,7 @@ def add_event(
     for endpoint in endpoints:
         if endpoint.merchant != merchant or not _wants(endpoint, event_type, final):
             continue
-        repo.insert_delivery(
+        result.deliveries += repo.insert_delivery(
             conn,
             {
                 "public_id": "whd_"
@@ -170,7 +170,6 @@ def add_event(
                 "delivered_at": None,
             },
         )
-        result.deliveries += 1
     return True
 
 
