@@ -259,3 +259,37 @@ def test_a_lost_answer_is_delivered_again_and_deduplicated_by_the_receiver(
         assert deliverer.deliver_due() == 1  # the delivery was still due: sent again
     assert receiver.received.duplicates == [event.event_id]
     assert receiver.processed_ids() == {event.event_id}
+
+
+def test_two_workers_share_the_work_without_sending_anything_twice(
+    engine: Engine,
+    mirror: Mirror,
+    chain: Any,
+    invoices: Any,
+    token: Any,
+    merchant: Any,
+    customer: Any,
+    issue: Callable[..., bytes],
+    create_plan: Callable[..., int],
+    subscribe: Callable[..., int],
+    receiver: Receiver,
+) -> None:
+    with engine.begin() as conn:
+        created = endpoints.create_endpoint(conn, merchant.address, receiver.url)
+    receiver.secrets = [created.secret]
+    expected = make_activity(
+        chain, invoices, token, merchant, customer, issue, create_plan, subscribe
+    )
+    mirror.sync()
+    with worker_thread(engine, mirror.chain_id), worker_thread(engine, mirror.chain_id):
+        wait_until(
+            lambda: (
+                len(rows := deliveries(engine)) == sum(expected.values())
+                and all(d.status == WebhookDeliveryStatus.SUCCEEDED for d in rows)
+            ),
+            DEADLINE_S,
+            "both workers to deliver everything",
+        )
+    assert receiver.received.duplicates == []
+    assert len(receiver.processed_ids()) == sum(expected.values())
+    assert all(d.attempts == 1 for d in deliveries(engine))
