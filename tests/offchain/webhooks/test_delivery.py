@@ -293,3 +293,47 @@ def test_two_workers_share_the_work_without_sending_anything_twice(
     assert receiver.received.duplicates == []
     assert len(receiver.processed_ids()) == sum(expected.values())
     assert all(d.attempts == 1 for d in deliveries(engine))
+
+
+def test_a_receiver_with_the_wrong_secret_refuses_and_rotation_keeps_it_verifying(
+    engine: Engine,
+    mirror: Mirror,
+    issue: Callable[..., bytes],
+    chain: Any,
+    merchant: Any,
+    receiver: Receiver,
+) -> None:
+    """A receiver that refuses a bad signature (400) makes the delivery fail and retry; a
+    rotation with a grace period keeps the old secret verifying; without one, a receiver
+    still on the old secret refuses until it is given the new one."""
+    with engine.begin() as conn:
+        created = endpoints.create_endpoint(conn, merchant.address, receiver.url)
+    receiver.secrets = ["whsec_not_the_one"]
+    issue()
+    chain.mine(3)
+    mirror.sync()
+    produce_all(engine, mirror.chain_id)
+    with Deliverer(engine, DeliveryPolicy(base_delay_s=0, max_delay_s=0)) as deliverer:
+        assert deliverer.deliver_due() == 1
+        [delivery] = deliveries(engine)
+        assert delivery.status == WebhookDeliveryStatus.PENDING
+        assert delivery.last_status_code == 400 and receiver.received.bad_signatures == 1
+
+        receiver.secrets = [created.secret]
+        with engine.begin() as conn:
+            endpoints.rotate_secret(conn, created.endpoint.public_id, None, grace_s=3600)
+        assert deliverer.deliver_due() == 1  # signed with both: the old one still verifies
+        assert deliveries(engine)[0].status == WebhookDeliveryStatus.SUCCEEDED
+
+        issue()
+        chain.mine(3)
+        mirror.sync()
+        with engine.begin() as conn:
+            rotated = endpoints.rotate_secret(conn, created.endpoint.public_id, None, grace_s=0)
+        produce_all(engine, mirror.chain_id)
+        assert deliverer.deliver_due() == 1
+        assert receiver.received.bad_signatures == 2  # the old secret no longer signs
+        receiver.secrets = [rotated.secret]
+        assert deliverer.deliver_due() == 1
+    assert all(d.status == WebhookDeliveryStatus.SUCCEEDED for d in deliveries(engine))
+    assert len(receiver.processed_ids()) == 2

@@ -167,3 +167,85 @@ def test_parse_days_refuses_nonsense() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_every_kind_of_chain_event_with_exact_payloads(
+    engine: Engine,
+    mirror: Mirror,
+    chain: Any,
+    subscriptions: Any,
+    invoices: Any,
+    token: Any,
+    merchant: Any,
+    customer: Any,
+    stranger: Any,
+    keeper: Any,
+    issue: Callable[..., bytes],
+    create_plan: Callable[..., int],
+    subscribe: Callable[..., int],
+) -> None:
+    from collections import Counter
+
+    from tests.chain_fixtures import GRACE, PERIOD, PRICE
+
+    with engine.begin() as conn:
+        endpoints.create_endpoint(conn, merchant.address, "https://crm.example.com/hooks")
+        dunning = endpoints.create_endpoint(
+            conn,
+            merchant.address,
+            "https://dunning.example.com/hooks",
+            event_types=["charge.failed", "subscription.lapsed"],
+        ).endpoint
+    plan = create_plan()
+    kept = subscribe(plan)  # charged at once
+    starved = subscribe(plan, subscriber=stranger, allowance=PRICE)  # the next charge fails
+    subscriptions.cancel(kept, False, sender=customer)
+    chain.pending_timestamp += PERIOD + 60
+    subscriptions.charge(starved, sender=keeper)
+    chain.pending_timestamp += GRACE + 60
+    subscriptions.finalizeLapse(starved, sender=keeper)
+    paid_ref, settled_ref = issue(amount=40 * UNIT), issue(amount=25 * UNIT)
+    paid_id = invoices.invoiceIdOf(merchant, paid_ref)
+    token.approve(invoices, 40 * UNIT, sender=customer)
+    invoices.pay(merchant, paid_ref, 40 * UNIT, sender=customer)
+    token.approve(invoices, 15 * UNIT, sender=merchant)
+    invoices.refund(paid_id, customer, 15 * UNIT, sender=merchant)
+    invoices.settleOffchain(
+        invoices.invoiceIdOf(merchant, settled_ref), 25 * UNIT, b"\x07" * 32, sender=merchant
+    )
+    chain.mine(3)
+    mirror.sync()
+    produce_all(engine, mirror.chain_id)
+    with engine.connect() as conn:
+        events = [json.loads(e.payload) for e in repo.list_events(conn)]
+    assert Counter(e["type"] for e in events) == {
+        "charge.succeeded": 2,
+        "charge.failed": 1,
+        "subscription.lapsed": 1,
+        "subscription.canceled": 1,
+        "invoice.issued": 2,
+        "invoice.paid": 1,
+        "invoice.refunded": 1,
+        "invoice.settled": 1,
+    }
+    blocks = [(e["source"]["block_number"], e["source"]["log_index"]) for e in events]
+    assert blocks == sorted(blocks), "in chain order"
+    by_type = {e["type"]: e["data"] for e in events}
+    failed = by_type["charge.failed"]
+    assert failed["subscription_id"] == starved and failed["subscriber"] == stranger.address.lower()
+    assert failed["amount"] == str(PRICE) and failed["reason"] == "insufficient_allowance"
+    assert by_type["subscription.lapsed"]["subscription_id"] == starved
+    canceled = by_type["subscription.canceled"]
+    assert canceled["canceled_by"] == customer.address.lower()
+    assert canceled["at_period_end"] is False
+    refunded = by_type["invoice.refunded"]
+    assert refunded["amount"] == str(15 * UNIT) and refunded["invoice_amount"] == str(40 * UNIT)
+    assert refunded["recipient"] == customer.address.lower()
+    settled = by_type["invoice.settled"]
+    assert settled["amount"] == str(25 * UNIT) and settled["fiat_reference"] == "0x" + "07" * 32
+    assert all(e["merchant"] == merchant.address.lower() and e["final"] for e in events)
+    # The filtered endpoint gets only the types it asked for.
+    with engine.connect() as conn:
+        filtered = repo.list_deliveries(conn, None, endpoint_id=dunning.id)
+        types = repo.events_by_ids(conn, [d.event_id for d in filtered])
+    assert sorted(e.type for e in types.values()) == ["charge.failed", "subscription.lapsed"]
