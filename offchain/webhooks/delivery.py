@@ -28,6 +28,8 @@ from sqlalchemy.exc import OperationalError
 from offchain.db import webhook_repository as repo
 from offchain.db.models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint, WebhookEvent
 from offchain.webhooks.endpoints import signing_secrets
+from offchain.webhooks.producer import produce_all
+from offchain.webhooks.reminders import ReminderConfig
 from offchain.webhooks.signing import (
     EVENT_ID_HEADER,
     EVENT_TYPE_HEADER,
@@ -227,7 +229,7 @@ class Worker:
         chain_id: int,
         deliverer: Deliverer,
         *,
-        reminder_config: Any = None,
+        reminder_config: ReminderConfig | None = None,
         poll_interval_s: float = 1.0,
     ) -> None:
         self.engine = engine
@@ -238,8 +240,6 @@ class Worker:
 
     def round(self) -> tuple[int, int]:
         """(events produced, attempts made)."""
-        from offchain.webhooks.producer import produce_all
-
         produced = produce_all(self.engine, self.chain_id, reminder_config=self.reminder_config)
         attempts = self.deliverer.deliver_due()
         return len(produced.event_ids), attempts

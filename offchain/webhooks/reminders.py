@@ -19,13 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection
 
 from offchain.db import webhook_repository as repo
 from offchain.db.models import WebhookEndpoint
 from offchain.webhooks.endpoints import EventType
+from offchain.webhooks.outbox import ProduceResult, add_event, exact
 
 DAY = 24 * 3600
 
@@ -71,10 +71,8 @@ def produce_reminders(
     final_block: int,
     config: ReminderConfig,
     now: datetime,
-    result: Any,
+    result: ProduceResult,
 ) -> int:
-    from offchain.webhooks.producer import add_event, exact
-
     merchants = sorted({e.merchant for e in endpoints})
     chain_now = repo.latest_block_time(conn, chain_id)
     if not merchants or chain_now is None:

@@ -25,7 +25,7 @@ from offchain import apikeys
 from offchain.db import webhook_repository
 from offchain.db.models import Invoice
 from offchain.webhooks import endpoints as webhook_endpoints
-from offchain.webhooks.producer import ProduceResult, add_event
+from offchain.webhooks.outbox import ProduceResult, add_event
 from tests.api.conftest import bearer
 from tests.api.invoice_helpers import customer_session
 from tests.offchain.indexer.helpers import Mirror

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from offchain.db import webhook_repository as repo
 from offchain.db.models import WebhookDeliveryStatus
 from offchain.webhooks import endpoints
-from offchain.webhooks.producer import ProduceResult, add_event
+from offchain.webhooks.outbox import ProduceResult, add_event
 from offchain.webhooks.signing import SignatureError, signature_header, verify
 from tests.api.conftest import bearer
 from tests.api.invoice_helpers import customer_session
