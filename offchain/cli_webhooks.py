@@ -240,6 +240,7 @@ def run(
     base_delay: Annotated[float, typer.Option(min=0, help="First retry after ~s.")] = 30.0,
     max_delay: Annotated[float, typer.Option(min=0, help="Retries at most ~s apart.")] = 21600.0,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 10.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 8,
 ) -> None:
     """Produce events from the mirror and deliver them, until SIGINT/SIGTERM (the round
     under way is finished first) or, with --once, after one round."""
@@ -264,6 +265,7 @@ def run(
         base_delay_s=base_delay,
         max_delay_s=max_delay,
         timeout_s=timeout,
+        concurrency=concurrency,
     )
     try:
         with Deliverer(engine, policy) as deliverer:

@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,6 +51,7 @@ class DeliveryPolicy:
     max_delay_s: float = 6 * 3600.0
     timeout_s: float = 10.0
     batch_size: int = 50
+    concurrency: int = 8  # requests in flight at once
     # How long a disabled endpoint's deliveries wait before they are looked at again.
     disabled_recheck_s: float = 60.0
 
@@ -88,8 +90,12 @@ class Deliverer:
         # Redirects are not followed: the signed request goes where the merchant said.
         self.client = client or httpx.Client(timeout=self.policy.timeout_s, follow_redirects=False)
         self.rng = rng or random.Random()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.policy.concurrency, thread_name_prefix="webhook-send"
+        )
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         if self._own_client:
             self.client.close()
 
@@ -183,6 +189,7 @@ class Deliverer:
             claimed = self._claim(as_of)
             if not claimed:
                 return made
+            sendable: list[tuple[WebhookDelivery, WebhookEvent, WebhookEndpoint]] = []
             for delivery, event, endpoint in claimed:
                 if endpoint is None or endpoint.deleted_at is not None:
                     with self.engine.begin() as conn:
@@ -195,8 +202,7 @@ class Deliverer:
                                 "last_error": "the endpoint was deleted",
                             },
                         )
-                    continue
-                if not endpoint.enabled:
+                elif not endpoint.enabled:
                     with self.engine.begin() as conn:
                         repo.update_delivery(
                             conn,
@@ -206,8 +212,12 @@ class Deliverer:
                                 + timedelta(seconds=self.policy.disabled_recheck_s)
                             },
                         )
-                    continue
-                outcome = self.send(delivery, event, endpoint)
+                else:
+                    sendable.append((delivery, event, endpoint))
+            # Requests of a batch in parallel: one slow or dead receiver (up to the
+            # time-out) does not hold up every other merchant's events behind it.
+            outcomes = list(self._pool.map(lambda job: self.send(*job), sendable))
+            for (delivery, _event, endpoint), outcome in zip(sendable, outcomes, strict=True):
                 self._record(delivery, outcome)
                 made += 1
                 if not outcome.ok:
