@@ -8,8 +8,10 @@ import typer
 
 from offchain.cli import app
 from offchain.cli_keys import keys_app
+from offchain.cli_webhooks import webhooks_app
 
 app.add_typer(keys_app, name="api-key")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 @app.command()
@@ -33,3 +35,7 @@ def serve(
 
 
 __all__ = ["app"]
+
+
+if __name__ == "__main__":  # `python -m api.cli ...`: this tree's code, whatever is installed
+    app()

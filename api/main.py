@@ -13,6 +13,7 @@ from api.endpoints import analytics as analytics_endpoints
 from api.endpoints import auth, health, pages
 from api.endpoints import invoices as invoice_endpoints
 from api.endpoints import lookups as lookup_endpoints
+from api.endpoints import webhooks as webhook_endpoints
 from api.errors import install_error_handlers
 from api.gateway import Gateway
 from api.middleware import (
@@ -81,6 +82,7 @@ def create_app(settings: GatewaySettings | None = None, engine: Engine | None = 
     app.include_router(auth.router)
     app.include_router(invoice_endpoints.router)
     app.include_router(pages.router)
+    app.include_router(webhook_endpoints.router)
     return app
 
 

@@ -446,3 +446,110 @@ class GatewaySecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# --------------------------------------------------------------------- webhooks
+# Outgoing webhooks: tables the webhook worker and the gateway own. Events are produced
+# from the mirror into an outbox; a reorg rollback never touches them (an unconfirmed
+# event, once produced, stays what it said it was: unconfirmed).
+
+
+class WebhookDeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    SUCCEEDED = "succeeded"  # the endpoint answered 2xx
+    FAILED = "failed"  # every attempt failed: replay it to try again
+    CANCELED = "canceled"  # never sent: its unconfirmed event was orphaned by a reorg
+
+
+class WebhookEndpoint(Base):
+    """A merchant's receiver. The signing secret is kept in the clear (an HMAC needs the
+    key itself); during a rotation the previous one keeps signing until it expires."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(40), unique=True)  # we_...
+    merchant: Mapped[str] = mapped_column(Address, index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    description: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    include_unconfirmed: Mapped[bool] = mapped_column(Boolean)
+    event_types: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list; None: all
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookEvent(Base):
+    """The outbox: one event, immutable once produced. `dedupe_key` names its source (a
+    log and whether the event is the final or the unconfirmed one, or a reminder and its
+    day), so producing twice inserts once."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_merchant_created", "merchant", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)  # evt_...
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    merchant: Mapped[str] = mapped_column(Address)
+    type: Mapped[str] = mapped_column(String(64))
+    final: Mapped[bool] = mapped_column(Boolean)
+    payload: Mapped[str] = mapped_column(Text)  # the exact JSON body every attempt sends
+    chain_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    block_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    block_hash: Mapped[str | None] = mapped_column(Hash, nullable=True)
+    log_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint: its state and when it is tried next."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_merchant_id", "merchant", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(40), unique=True)  # whd_...
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    endpoint_id: Mapped[int] = mapped_column(BigInteger)
+    merchant: Mapped[str] = mapped_column(Address)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)  # in the current round (a replay resets it)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookAttempt(Base):
+    """The delivery log: every attempt, as it went."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... over every round
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookProducerState(Base):
+    """The producer's cursor: events of every block up to `final_block` are produced."""
+
+    __tablename__ = "webhook_producer_state"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    final_block: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,7 +22,10 @@ from sqlalchemy import Engine, select
 
 from api.deps import require_customer, require_merchant
 from offchain import apikeys
+from offchain.db import webhook_repository
 from offchain.db.models import Invoice
+from offchain.webhooks import endpoints as webhook_endpoints
+from offchain.webhooks.outbox import ProduceResult, add_event
 from tests.api.conftest import bearer
 from tests.api.invoice_helpers import customer_session
 from tests.offchain.indexer.helpers import Mirror
@@ -103,6 +107,8 @@ class World:
     customer_session: str  # A's customer
     stranger_session: str  # a customer with nothing to do with A
     revoked_key: str
+    endpoint_id: str  # A's webhook endpoint
+    delivery_id: str  # a delivery of an event of A's to it
 
     @property
     def app(self) -> FastAPI:
@@ -116,11 +122,13 @@ class World:
             "subscription_id": str(self.subscription_id),
             "address": self.customer,
             "token": self.app.state.gateway.public_token(self.invoice_id),
+            "endpoint_id": self.endpoint_id,
+            "delivery_id": self.delivery_id,
         }
 
     def secrets_of_a(self) -> list[str]:
         """What no one else may read in any answer."""
-        return [self.invoice_id[2:], self.customer[2:]]
+        return [self.invoice_id[2:], self.customer[2:], self.endpoint_id, self.delivery_id]
 
 
 @pytest.fixture
@@ -146,6 +154,22 @@ def world(
         invoice_id = conn.execute(select(Invoice.invoice_id)).scalar_one()
         revoked = apikeys.create_key(conn, merchant.address, "revoked")
         apikeys.revoke_key(conn, revoked.prefix)
+        endpoint = webhook_endpoints.create_endpoint(
+            conn, merchant.address, "https://a.example.com/hooks"
+        ).endpoint
+        add_event(
+            conn,
+            [endpoint],
+            dedupe_key="auth-matrix",
+            merchant=endpoint.merchant,
+            event_type="invoice.issued",
+            final=True,
+            data={"invoice_id": invoice_id},
+            source=None,
+            now=datetime.now(UTC),
+            result=ProduceResult(),
+        )
+        [delivery] = webhook_repository.list_deliveries(conn, endpoint.merchant)
     return World(
         client=client,
         invoice_id=invoice_id,
@@ -157,6 +181,8 @@ def world(
         customer_session=customer_session(engine, customer.address, chain.chain_id),
         stranger_session=customer_session(engine, payer.address, chain.chain_id),
         revoked_key=revoked.key,
+        endpoint_id=endpoint.public_id,
+        delivery_id=delivery.public_id,
     )
 
 
@@ -288,6 +314,8 @@ def test_unknown_ids_are_404_not_500(world: World) -> None:
         "invoice_id": "0x" + "ab" * 32,
         "subscription_id": "999999",
         "address": "0x" + "1" * 40,
+        "endpoint_id": "we_" + "0" * 24,
+        "delivery_id": "whd_" + "0" * 24,
     }
     failures = []
     for op in filter(_readable, v1_operations(world.app)):

@@ -1,0 +1,1 @@
+"""Outgoing webhooks: endpoints, the event outbox and its producer, signed delivery."""
