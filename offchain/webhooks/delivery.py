@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from offchain.db import webhook_repository as repo
 from offchain.db.models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint, WebhookEvent
-from offchain.webhooks.endpoints import signing_secrets
+from offchain.webhooks.endpoints import private_target, signing_secrets
 from offchain.webhooks.producer import produce_all
 from offchain.webhooks.reminders import ReminderConfig
 from offchain.webhooks.signing import (
@@ -136,6 +136,9 @@ class Deliverer:
             DELIVERY_ID_HEADER: delivery.public_id,
         }
         started = time.perf_counter()
+        refused = private_target(endpoint.url)
+        if refused is not None:
+            return Outcome(None, refused[:MAX_ERROR_LENGTH], 0)  # not sent
         try:
             response = self.client.post(endpoint.url, content=body, headers=headers)
             status: int | None = response.status_code

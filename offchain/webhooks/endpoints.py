@@ -4,8 +4,11 @@ both apply the same rules."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import secrets
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -72,6 +75,50 @@ def normalize_merchant(address: str) -> str:
         raise WebhookError(str(exc)) from None
 
 
+# Local development and tests deliver to receivers on this machine; a gateway serving
+# merchants must not let them make it call its own network (SSRF).
+ALLOW_PRIVATE_ENV = "CHAINBILL_WEBHOOK_ALLOW_PRIVATE"
+
+
+def private_targets_allowed() -> bool:
+    """Whether endpoints may be on loopback, private or link-local addresses."""
+    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _non_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def _private_target_error(url: str, host: str, address: str) -> str:
+    return (
+        f"{url!r} points at {address}"
+        + (f" ({host})" if host != address else "")
+        + ": a loopback, private or link-local address. Webhooks go to public endpoints; "
+        f"set {ALLOW_PRIVATE_ENV}=1 to allow local ones (development)"
+    )
+
+
+def private_target(url: str) -> str | None:
+    """Why the host of `url` may not be called (it resolves to a non-public address), or
+    None. Asked again before every delivery, not only at registration: DNS may change."""
+    if private_targets_allowed():
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError:
+        return None  # the request fails on its own, and says why
+    for info in infos:
+        address = str(info[4][0])
+        if _non_public(address):
+            return _private_target_error(url, host, address)
+    return None
+
+
 def check_url(url: str, *, allow_http: bool = True) -> str:
     """An absolute http(s) URL with a host, without credentials in it."""
     if not isinstance(url, str) or not 0 < len(url) <= 2048 or url != url.strip():
@@ -88,6 +135,16 @@ def check_url(url: str, *, allow_http: bool = True) -> str:
         raise WebhookError("put no credentials in the URL: requests are signed instead")
     if any(c.isspace() for c in url) or port == 0:
         raise WebhookError(f"{url!r} is not a valid URL")
+    if not private_targets_allowed():
+        host = parts.hostname
+        if host == "localhost" or host.endswith(".localhost"):
+            raise WebhookError(_private_target_error(url, host, "127.0.0.1"))
+        try:
+            literal = _non_public(host)
+        except ValueError:
+            literal = False  # a name: resolved before each delivery (see private_target)
+        if literal:
+            raise WebhookError(_private_target_error(url, host, host))
     return url
 
 

@@ -15,9 +15,17 @@ from sqlalchemy import Engine
 from api.main import create_app
 from api.settings import GatewaySettings
 from offchain import apikeys
+from offchain.webhooks.endpoints import ALLOW_PRIVATE_ENV
 from tests.chain_fixtures import *  # noqa: F403
 from tests.db_fixtures import *  # noqa: F403
 from tests.offchain.indexer.helpers import Mirror, make_manifest
+
+
+@pytest.fixture(autouse=True)
+def local_webhook_receivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' webhook receivers listen on loopback, which a gateway refuses by default
+    (tests/offchain/webhooks/test_delivery.py tests the refusal with this unset)."""
+    monkeypatch.setenv(ALLOW_PRIVATE_ENV, "1")
 
 
 @pytest.fixture

@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from offchain.webhooks.endpoints import ALLOW_PRIVATE_ENV
 from tests.offchain.indexer.helpers import Mirror, make_manifest
 from tests.offchain.webhooks.receiver import Receiver
+
+
+@pytest.fixture(autouse=True)
+def local_webhook_receivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' webhook receivers listen on loopback, which a gateway refuses by default
+    (tests/offchain/webhooks/test_delivery.py tests the refusal with this unset)."""
+    monkeypatch.setenv(ALLOW_PRIVATE_ENV, "1")
 
 
 @pytest.fixture

@@ -337,3 +337,60 @@ def test_a_receiver_with_the_wrong_secret_refuses_and_rotation_keeps_it_verifyin
         assert deliverer.deliver_due() == 1
     assert all(d.status == WebhookDeliveryStatus.SUCCEEDED for d in deliveries(engine))
     assert len(receiver.processed_ids()) == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "https://api.localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data",  # cloud metadata
+        "http://[::1]:9000/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+    ],
+)
+def test_endpoints_on_private_addresses_are_refused(
+    engine: Engine, merchant: Any, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.delenv(endpoints.ALLOW_PRIVATE_ENV)
+    with engine.begin() as conn, pytest.raises(endpoints.WebhookError) as refused:
+        endpoints.create_endpoint(conn, merchant.address, url)
+    assert endpoints.ALLOW_PRIVATE_ENV in str(refused.value)
+    with engine.begin() as conn:  # a public one is fine
+        endpoints.create_endpoint(conn, merchant.address, "https://93.184.215.14/hook")
+
+
+def test_a_name_resolving_to_a_private_address_is_not_called(
+    engine: Engine,
+    mirror: Mirror,
+    issue: Callable[..., bytes],
+    chain: Any,
+    merchant: Any,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host name passes registration (DNS may change), but every delivery resolves it
+    first: one that points inside is not called, and the attempt log says why."""
+    by_name = receiver.url.replace("127.0.0.1", "localhost")
+    with engine.begin() as conn:
+        created = endpoints.create_endpoint(conn, merchant.address, by_name)
+    receiver.secrets = [created.secret]
+    issue()
+    chain.mine(3)
+    mirror.sync()
+    produce_all(engine, mirror.chain_id)
+    monkeypatch.delenv(endpoints.ALLOW_PRIVATE_ENV)
+    policy = DeliveryPolicy(max_attempts=2, base_delay_s=0, max_delay_s=0, timeout_s=5)
+    with Deliverer(engine, policy) as deliverer:
+        deliverer.deliver_due()
+        deliverer.deliver_due()
+    [delivery] = deliveries(engine)
+    assert delivery.status == WebhookDeliveryStatus.FAILED and delivery.attempts == 2
+    with engine.connect() as conn:
+        log = repo.attempts_of(conn, [delivery.id])[delivery.id]
+    assert all(a.status_code is None and "private" in (a.error or "") for a in log)
+    assert receiver.processed_ids() == set(), "the receiver was never called"
