@@ -43,7 +43,8 @@ class GatewaySettings:
     # revoked key is refused by every worker at most this many seconds later (0: each
     # request reads its key).
     api_key_cache_s: float = 2.0
-    # How long a worker reuses the newest indexed block's time (overdue is judged by it).
+    # How long a worker reuses the newest indexed block's time (a view's overdue is judged
+    # by it) and the node's latest block time (the 'now' of lists and statements).
     block_time_cache_s: float = 1.0
 
     @classmethod

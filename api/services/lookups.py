@@ -114,14 +114,28 @@ _clocks: dict[str, ChainClock] = {}
 _clocks_lock = threading.Lock()
 
 
+_chain_times: dict[tuple[int, str], tuple[float, int]] = {}  # (gateway, node) -> (read at, time)
+
+
 def chain_now(gateway: Gateway) -> int:
-    """'Now' for due dates and periods: the chain's latest block time, else the wall clock."""
+    """'Now' for due dates and periods: the chain's latest block time, else the wall clock.
+    Asked of the node at most once per `block_time_cache_s` (default 1 s) per worker: a
+    list would otherwise pay a round trip to the node for a figure that changes once a
+    block (0 asks every time, as the tests' time travel needs)."""
     url = gateway.chain.rpc_url
+    key = (id(gateway), url)
+    ttl = gateway.settings.block_time_cache_s
+    cached = _chain_times.get(key)
+    now = time.monotonic()
+    if ttl > 0 and cached is not None and now - cached[0] < ttl:
+        return cached[1]
     with _clocks_lock:
         clock = _clocks.get(url)
         if clock is None:
             clock = _clocks[url] = ChainClock(url)
-    return clock.now()
+    value = clock.now()
+    _chain_times[key] = (now, value)
+    return value
 
 
 def deployment(gateway: Gateway) -> Deployment:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from api.deps import SESSION_PREFIX, session_token_sha256
 from api.endpoints.lookups import current_time
 from api.repository.lookups import Deployment, InvoiceFilter, invoice_query
+from api.services import lookups
 from offchain.db import gateway_repository
 from tests.api.conftest import bearer
 from tests.chain_fixtures import PERIOD, PRICE, UNIT
@@ -714,3 +715,17 @@ def test_now_is_injectable(
         invoice_book["ids"][n] for n in ("A-2", "A-4", "A-5", "A-6", "A-7")
     }
     assert walk(client, "/v1/invoices", merchant_key, status="overdue") == []
+
+
+def test_the_chain_time_is_reused_for_block_time_cache_s(
+    make_client: Callable[..., TestClient], chain: Any
+) -> None:
+    """Lists judge due dates by the node's latest block time, asked at most once per
+    `block_time_cache_s` per worker; 0 asks every time."""
+    cached = make_client(block_time_cache_s=3600).app.state.gateway  # type: ignore[attr-defined]
+    fresh = make_client(block_time_cache_s=0).app.state.gateway  # type: ignore[attr-defined]
+    before = lookups.chain_now(cached)
+    assert lookups.chain_now(fresh) == before
+    travel(chain, before + 10 * DAY)
+    assert lookups.chain_now(fresh) >= before + 10 * DAY
+    assert lookups.chain_now(cached) == before  # within its window
