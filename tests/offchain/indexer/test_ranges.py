@@ -19,6 +19,7 @@ from web3 import Web3
 
 from offchain.db import repository
 from offchain.db.models import FACT_TABLES
+from offchain.indexer import indexer as indexer_module
 from offchain.indexer.indexer import Indexer, SyncResult
 from offchain.indexer.rpc import RpcClient
 from tests.chain_fixtures import GRACE, PERIOD, PRICE
@@ -268,8 +269,35 @@ def test_close_stops_the_background_threads(window: Mirror) -> None:
         assert indexer.sync_once() is not None
         assert indexer.sync_once() is not None
         started = {t for t in threading.enumerate() if t.name.startswith("indexer-")} - before
-        assert {t.name for t in started} == {"indexer-read", "indexer-write"}
+        expected = {"indexer-read", "indexer-write"}
+        if window.engine.dialect.name == "sqlite":
+            expected.add("indexer-checkpoint")  # copies the write-ahead log after commits
+        assert {t.name for t in started} == expected
     assert not any(t.is_alive() for t in started)
     # A closed indexer still works (without its threads, until it starts them again).
     sync_to_head(indexer)
     indexer.close()
+
+
+@pytest.mark.parametrize("wal_limit", [1, 2**40])
+def test_sqlite_copies_the_write_ahead_log_beside_the_writes(
+    window: Mirror, other_engine: Engine, monkeypatch: pytest.MonkeyPatch, wal_limit: int
+) -> None:
+    """SQLite: commits leave the write-ahead log to a checkpoint thread; once the log passes
+    the limit a write waits and copies the rest itself, so the log starts over. Either way
+    nothing is lost and, once the indexer is closed, the log is all in the database."""
+    if window.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL manages its own write-ahead log")
+    monkeypatch.setattr(indexer_module, "_WAL_LIMIT_BYTES", wal_limit)
+    indexer = Indexer(
+        window.engine, RpcClient(window.rpc_url), window.config(initial_range=2, target_logs=4)
+    )
+    with indexer:
+        assert len(sync_to_head(indexer)) >= 5
+        assert "indexer-checkpoint" in {t.name for t in threading.enumerate()}
+    with window.engine.connect() as conn:
+        busy, in_log, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+    assert busy == 0 and in_log == copied
+    fresh = Mirror(other_engine, window.rpc_url, window.manifest, window.confirmations)
+    fresh.sync()
+    assert_same_mirror(window.engine, other_engine)
