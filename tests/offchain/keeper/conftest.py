@@ -33,7 +33,7 @@ def second_keeper_key(accounts: Any) -> str:
 
 
 @pytest.fixture
-def make_keeper(mirror: Mirror, keeper_key: str) -> Iterator[Callable[..., Keeper]]:
+def make_keeper(mirror: Mirror, keeper_key: str) -> Iterator[Callable[..., Keeper]]:  # noqa: F811
     """Keeper(config overrides, key=...) over `mirror`; each with an RPC session of its own."""
     clients: list[RpcClient] = []
 
