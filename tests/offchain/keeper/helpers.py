@@ -3,6 +3,7 @@ what the chain says was charged."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,22 @@ def settle(keeper: Keeper, passes: int = 20) -> list[PassResult]:
     results = []
     for _ in range(passes):
         result = keeper.run_once()
+        wait_mined(keeper)
         results.append(result)
         if not result.sent and result.unresolved == 0:
             return results
     raise AssertionError(f"the keeper did not settle in {passes} passes: {results[-1]}")
+
+
+def wait_mined(keeper: Keeper, timeout: float = 60.0) -> None:
+    """Until the node has mined every transaction the keeper sent: Anvil may answer a send
+    before it seals the block, and a clock moved on in between would date the block later."""
+    web3 = Web3(Web3.HTTPProvider(keeper.chain.rpc.url))
+    sender = Web3.to_checksum_address(keeper.chain.sender)
+    deadline = time.monotonic() + timeout
+    while web3.eth.get_transaction_count(sender, "pending") != web3.eth.get_transaction_count(
+        sender, "latest"
+    ):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the keeper's transactions were not mined in {timeout} s")
+        time.sleep(0.005)

@@ -23,6 +23,7 @@ from tests.offchain.keeper.helpers import (
     charged_periods,
     manager_logs,
     settle,
+    wait_mined,
 )
 
 
@@ -132,6 +133,7 @@ def test_killed_before_reading_receipts_resumes_without_resending(
     mirror.sync()
     first = make_keeper(max_batch=5)
     assert len(first.run_once().charges_sent) == 12  # sent and mined, receipts unread
+    wait_mined(first)
     again = make_keeper(max_batch=5)
     results = settle(again)
     assert results[0].charges_sent == [] and results[0].mined == 3
