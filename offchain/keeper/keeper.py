@@ -260,19 +260,20 @@ class Keeper:
     def _nudge_pending(
         self, tx: KeeperTransaction, raw: str, latest: Any, head: Head, result: PassResult
     ) -> None:
-        if tx.id not in self._broadcast_here or not self.chain.known_to_node(latest.tx_hash):
+        stuck = (
+            tx.broadcast_block is not None
+            and head.number - tx.broadcast_block >= self.config.replace_after_blocks
+        )
+        if tx.id in self._broadcast_here and stuck:
+            # Left out of blocks (or out of the node's pool: nodes evict transactions that
+            # offer less than the base fee) for long enough: outbid it at the same nonce.
+            fees = Fees(latest.max_fee_per_gas, latest.max_priority_fee_per_gas)
+            self._replace(tx, fees, head, result)
+        elif tx.id not in self._broadcast_here or not self.chain.known_to_node(latest.tx_hash):
             # Recorded by an earlier life of this keeper (maybe never sent), or lost by the
             # node: the very same bytes again.
             self._broadcast(tx.id, raw, head, keep_block=tx.broadcast_block is not None)
             result.rebroadcast += 1
-            return
-        if (
-            tx.broadcast_block is not None
-            and head.number - tx.broadcast_block >= self.config.replace_after_blocks
-        ):
-            self._replace(
-                tx, Fees(latest.max_fee_per_gas, latest.max_priority_fee_per_gas), head, result
-            )
 
     def _replace(self, tx: KeeperTransaction, old: Fees, head: Head, result: PassResult) -> None:
         market = self.chain.suggested_fees(head, self.config.min_priority_fee, None)
@@ -299,7 +300,9 @@ class Keeper:
         self._broadcast_here.add(tx_id)
         if outcome == BroadcastOutcome.NONCE_USED:
             self._next_nonce = None
-        if not keep_block or outcome != BroadcastOutcome.ACCEPTED:
+        # The stuck count runs from the first broadcast of an attempt: sending the same
+        # bytes again does not restart it.
+        if not keep_block:
             with self.engine.begin() as conn:
                 repo.set_broadcast_block(conn, tx_id, head.number, self._clock())
 
