@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -146,7 +147,7 @@ class Keeper:
             self.send_lapses(head, result, stop)
         if not stop.is_set():
             self.send_charges(head, result, stop)
-        if not stop.is_set() and self._risk_scan_due(head):
+        if not stop.is_set() and self._risk_scan_due():
             result.at_risk = self.check_at_risk(head)
         with self.engine.connect() as conn:
             result.unresolved = len(
@@ -471,9 +472,7 @@ class Keeper:
 
     # ---------------------------------------------------------------- at risk
 
-    def _risk_scan_due(self, head: Head) -> bool:
-        import time
-
+    def _risk_scan_due(self) -> bool:
         now = time.monotonic()
         if (
             self._last_risk_scan is not None

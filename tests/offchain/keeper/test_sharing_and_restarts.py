@@ -118,6 +118,10 @@ class _HoldingProxy(RpcProxy):
                 return b'{"jsonrpc":"2.0","id":0,"error":{"code":-32000,"message":"held"}}'
         return super().handle(body)
 
+    def __enter__(self) -> _HoldingProxy:
+        super().__enter__()
+        return self
+
     def __exit__(self, *exc: object) -> None:
         self._release.set()
         super().__exit__(*exc)
@@ -208,3 +212,19 @@ def test_the_keeper_names_the_missing_key(
     )  # fmt: skip
     assert done.returncode == 2
     assert "CHAINBILL_KEEPER_KEY" in done.stderr.decode()
+
+
+def test_sigterm_stops_the_keeper_cleanly(
+    tmp_path: Path, mirror: Mirror, database_url: str, keeper_key: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("signal handling does not depend on the database")
+    manifest = tmp_path / "manifest.json"
+    mirror.manifest.write(manifest)
+    output = tmp_path / "keeper.log"
+    process = _keeper_process(database_url, mirror.rpc_url, manifest, keeper_key, output)
+    with running(process):
+        wait_until(lambda: "keeper 0x" in output.read_text(), 60, "the keeper's start")
+        process.terminate()
+        assert process.wait(timeout=60) == 0, output.read_text()
+    assert "received SIGTERM" in output.read_text()

@@ -63,7 +63,7 @@ def test_a_year_of_billing_with_funding_gaps(
     c = Contracts.of(web3, mirror.manager, mirror.registry, token.address)
     c.call(merchant, c.manager, "createPlan", c.token.address, PRICE, PERIOD, 0, GRACE)
     plan = int(c.manager.functions.planCount().call())
-    wallets = [
+    wallets: list[str] = [
         Web3.to_checksum_address(keccak(text=f"year {seed} {n}")[12:]) for n in range(SUBSCRIBERS)
     ]
     web3.provider.make_request("anvil_autoImpersonateAccount", [True])  # type: ignore[arg-type]
