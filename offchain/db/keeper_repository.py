@@ -397,7 +397,9 @@ def set_status(conn: Connection, tx_id: int, status: KeeperTxStatus, now: dateti
 
 
 def release_transaction(conn: Connection, tx: KeeperTransaction, now: datetime) -> None:
-    """Frees the subscriptions of a transaction that is resolved (mined or dropped)."""
+    """Frees the subscriptions of a transaction that is final (confirmed) or dropped. A mined
+    one holds them until it is final: should a reorg take it out, it is sent again, and its
+    subscriptions must not be in a new transaction meanwhile."""
     conn.execute(
         update(_W).where(_W.c.transaction_id == tx.id).values(transaction_id=None, updated_at=now)
     )
@@ -425,7 +427,6 @@ def mark_mined(
             updated_at=now,
         )
     )
-    release_transaction(conn, tx, now)
 
 
 def record_charged(

@@ -4,8 +4,8 @@ failed ones on the dunning schedule, finalizes lapses, and flags charges at risk
 One pass (`run_once`):
 
 1. Reconcile the keeper's unresolved transactions with the node: a receipt for any of a
-   transaction's attempts resolves it (its subscriptions are freed and what its logs say is
-   recorded); a nonce taken by another transaction drops it; a transaction seen for the
+   transaction's attempts records what its logs say (charged, failed, lapsed), and its
+   subscriptions are freed once it is `confirmations` deep; a nonce taken by another transaction drops it; a transaction seen for the
    first time since start, or unknown to the node, is broadcast again from its recorded raw
    bytes (same hash: it can only be mined once); one left out of blocks for
    `replace_after_blocks` is replaced at the same nonce with fees raised by
@@ -207,6 +207,7 @@ class Keeper:
         if head.number - int(receipt["blockNumber"], 16) + 1 >= self.config.confirmations:
             with self.engine.begin() as conn:
                 repo.set_status(conn, tx.id, KeeperTxStatus.CONFIRMED, now)
+                repo.release_transaction(conn, tx, now)
             result.confirmed += 1
 
     def _resolve_mined(
@@ -255,6 +256,7 @@ class Keeper:
             repo.record_lapsed(conn, self.config.chain_id, self.contract, events.lapsed, now)
             if head.number - block + 1 >= self.config.confirmations:
                 repo.set_status(conn, tx.id, KeeperTxStatus.CONFIRMED, now)
+                repo.release_transaction(conn, tx, now)
                 result.confirmed += 1
         result.mined += 1
 

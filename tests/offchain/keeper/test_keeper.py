@@ -176,3 +176,30 @@ def test_a_nonce_taken_by_another_transaction_drops_the_recorded_one(
 def test_migrated_schema_serves_two_engines(engine: Engine) -> None:
     with engine.connect() as conn:
         assert repo.transactions(conn, 1) == []
+
+
+def test_a_mined_batch_holds_its_subscriptions_until_final(
+    mirror: Mirror, make_keeper: Callable[..., Keeper], token: Any, merchant: Any, customer: Any
+) -> None:
+    """Should a reorg take a mined batch out, it is sent again: until it is final its
+    subscriptions go into no other transaction."""
+    billing = Billing.create(mirror, token, merchant, customer, 3)
+    advance(mirror.web3, PERIOD)
+    mirror.sync()
+    keeper = make_keeper(confirmations=3)
+    assert keeper.run_once().charges_sent == billing.ids
+    wait_mined(keeper)
+    result = keeper.run_once()
+    assert result.mined == 1 and result.confirmed == 0 and result.unresolved == 1
+    with mirror.engine.connect() as conn:
+        rows = repo.keeper_subscriptions(conn, mirror.chain_id, mirror.manager)
+    (tx,) = _transactions(mirror)
+    assert {r.transaction_id for r in rows if r.subscription_id in billing.ids} == {tx.id}
+    assert tx.status == KeeperTxStatus.MINED
+    mirror.web3.provider.make_request("anvil_mine", [hex(2)])  # type: ignore[arg-type]
+    result = keeper.run_once()
+    assert result.confirmed == 1 and result.unresolved == 0
+    with mirror.engine.connect() as conn:
+        rows = repo.keeper_subscriptions(conn, mirror.chain_id, mirror.manager)
+    assert all(r.transaction_id is None for r in rows)
+    assert all(n == 1 for n in charged_periods(mirror).values())
