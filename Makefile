@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PY_SOURCES := api offchain scripts bench tests
 
-.PHONY: setup run test lint typecheck slither invariants bench-gas bench-indexer bench-api abi clean
+.PHONY: setup run test lint typecheck slither invariants bench-gas bench-indexer bench-api bench-keeper abi clean
 
 setup:  ## install npm + Python packages, the solc shim and Anvil; compile
 	@bash tools/setup.sh
@@ -38,6 +38,9 @@ bench-indexer: setup  ## indexer throughput vs raw eth_getLogs, memory, live lag
 
 bench-api: setup  ## gateway lookup/list latency over 1M invoices vs /ping, SQLite + PostgreSQL -> bench/results/api.json
 	python bench/api.py
+
+bench-keeper: setup  ## the keeper charging 5,000 due subscriptions vs one charge tx each -> bench/results/keeper.json
+	python bench/keeper.py
 
 abi: setup  ## re-export offchain/abi/*.json from the compiled contracts
 	python tools/export_abi.py

@@ -553,3 +553,95 @@ class WebhookProducerState(Base):
     chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     final_block: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ----------------------------------------------------------------------- keeper
+# Tables the keeper owns (not derived from events): its transactions, recorded before they
+# are sent, and its view of each subscription (work claims, dunning, at-risk flags).
+
+
+class KeeperTxKind(StrEnum):
+    CHARGE_BATCH = "charge_batch"
+    FINALIZE_LAPSE = "finalize_lapse"
+
+
+class KeeperTxStatus(StrEnum):
+    """Where a keeper transaction stands. Only `pending` and `mined` are unresolved."""
+
+    PENDING = "pending"  # signed and recorded; broadcast, or about to be; not in a block
+    MINED = "mined"  # in a block (receipt seen), not yet `confirmations` deep
+    CONFIRMED = "confirmed"  # `confirmations` deep: final
+    DROPPED = "dropped"  # its nonce went to another transaction: it can never be mined
+
+
+UNRESOLVED_TX_STATUSES = (KeeperTxStatus.PENDING, KeeperTxStatus.MINED)
+
+
+class KeeperTransaction(Base):
+    """One transaction of a keeper: one (sender, nonce). Recorded, with its signed attempts,
+    before anything is broadcast, so a restart knows everything that may be on the wire."""
+
+    __tablename__ = "keeper_transactions"
+    __table_args__ = (UniqueConstraint("chain_id", "sender", "nonce"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    contract: Mapped[str] = mapped_column(Address)
+    sender: Mapped[str] = mapped_column(Address)
+    nonce: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    subscription_ids: Mapped[str] = mapped_column(Text)  # comma-separated, calldata order
+    gas_limit: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    broadcast_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    mined_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    mined_tx_hash: Mapped[str | None] = mapped_column(Hash, nullable=True)
+    succeeded: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # receipt status
+    gas_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KeeperTxAttempt(Base):
+    """One signed version of a keeper transaction: the first, then each fee-bumped
+    replacement at the same nonce. Any of them may be the one mined."""
+
+    __tablename__ = "keeper_tx_attempts"
+
+    tx_hash: Mapped[str] = mapped_column(Hash, primary_key=True)
+    transaction_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    raw_tx: Mapped[str] = mapped_column(Text)  # 0x-hex signed transaction
+    max_fee_per_gas: Mapped[int] = mapped_column(Uint256)
+    max_priority_fee_per_gas: Mapped[int] = mapped_column(Uint256)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KeeperSubscription(Base):
+    """The keeper's own state of a subscription: who is working on it (a claim with a lease,
+    or the unresolved transaction that holds it), what the keeper learned from its receipts
+    ahead of the mirror, the dunning schedule, and the at-risk flag."""
+
+    __tablename__ = "keeper_subscriptions"
+
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    contract: Mapped[str] = mapped_column(Address, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    known_paid_through: Mapped[int] = mapped_column(BigInteger)
+    transaction_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    failures: Mapped[int] = mapped_column(Integer)
+    failed_due_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_failure_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    next_retry_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    lapsed: Mapped[bool] = mapped_column(Boolean)
+    at_risk: Mapped[bool] = mapped_column(Boolean, index=True)
+    at_risk_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    at_risk_due_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    at_risk_amount: Mapped[int | None] = mapped_column(Uint256, nullable=True)
+    at_risk_checked_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,10 +1,10 @@
 """outgoing webhooks
 
 Endpoints per merchant, the event outbox, deliveries and their attempt log, and the
-producer's cursor. Chained onto 0003 for now; the keeper's 0004 goes in between on merge.
+producer's cursor. After the keeper's tables (0004).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-22 06:43:14.877643
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

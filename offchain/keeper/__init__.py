@@ -1,0 +1,1 @@
+"""The keeper: charges due subscriptions, dunning, lapses, at-risk flags (SPEC §5)."""
