@@ -2,8 +2,9 @@
 # The main job as it stands: a local Anvil chain on 127.0.0.1:$PORT (state kept in
 # .cache/anvil-state.json across restarts), chainbill deployed on it once, the manifest
 # printed, the indexer following the chain into the SQL mirror ($DATABASE_URL, default
-# sqlite:///chainbill.sqlite), and the gateway serving it on http://127.0.0.1:$API_PORT with
-# a demo API key for the first merchant account. Stays in the foreground until Ctrl-C.
+# sqlite:///chainbill.sqlite), the keeper charging what falls due, the webhook worker, and
+# the gateway serving it on http://127.0.0.1:$API_PORT with a demo API key for the first
+# merchant account. Stays in the foreground until Ctrl-C.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -60,7 +61,17 @@ INDEXER_PID=$!
 export CHAINBILL_PUBLIC_URL="${CHAINBILL_PUBLIC_URL:-http://127.0.0.1:$API_PORT}"
 chainbill serve --port "$API_PORT" &
 API_PID=$!
-trap 'kill "$INDEXER_PID" "$API_PID" 2>/dev/null || true; [ -z "$ANVIL_PID" ] || kill "$ANVIL_PID" 2>/dev/null || true; wait 2>/dev/null || true' EXIT INT TERM
+# The keeper charges what falls due. On the local chain it uses Anvil's dev account 4
+# (TEST::4, which the deploy script leaves alone); elsewhere set CHAINBILL_KEEPER_KEY.
+export CHAINBILL_KEEPER_KEY="${CHAINBILL_KEEPER_KEY:-0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a}"
+chainbill keeper &
+KEEPER_PID=$!
+# Webhook deliveries to the endpoints merchants register; a demo's receiver runs on this
+# machine, which a public gateway would refuse (see README, outgoing webhooks).
+export CHAINBILL_WEBHOOK_ALLOW_PRIVATE="${CHAINBILL_WEBHOOK_ALLOW_PRIVATE:-1}"
+chainbill webhooks run &
+WEBHOOKS_PID=$!
+trap 'kill "$INDEXER_PID" "$API_PID" "$KEEPER_PID" "$WEBHOOKS_PID" 2>/dev/null || true; [ -z "$ANVIL_PID" ] || kill "$ANVIL_PID" 2>/dev/null || true; wait 2>/dev/null || true' EXIT INT TERM
 
 # A demo API key for the first merchant, made once and kept in .cache (a local demo only:
 # real keys are shown once by `chainbill api-key create` and never stored in clear).
@@ -81,4 +92,4 @@ done
 echo "==> gateway at http://127.0.0.1:$API_PORT (OpenAPI docs: /docs; health: /health)"
 echo "    demo merchant $DEMO_MERCHANT, API key: $(cat .cache/demo-merchant-key)"
 echo "==> chain at $RPC, mirror following; merchant scripts and \`chainbill reconcile\`: see README. Ctrl-C stops."
-wait "$INDEXER_PID" "$API_PID"
+wait "$INDEXER_PID" "$API_PID" "$KEEPER_PID" "$WEBHOOKS_PID"
