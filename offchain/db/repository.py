@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -226,10 +226,29 @@ def _sqlite_insert(conn: Connection, head: str, tail: str, rows: Sequence[tuple[
     width = len(rows[0])
     per = max(1, _SQLITE_VARIABLES // width)
     one = "(" + ", ".join("?" * width) + ")"
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        statement = f"{head} VALUES {', '.join([one] * len(chunk))} {tail}"
+    start = 0
+    for size in _chunk_sizes(len(rows), per):
+        chunk = rows[start : start + size]
+        start += size
+        statement = f"{head} VALUES {', '.join([one] * size)} {tail}"
         conn.exec_driver_sql(statement, tuple(itertools.chain.from_iterable(chunk)))
+
+
+def _chunk_sizes(count: int, per: int) -> Iterator[int]:
+    """`count` rows as chunks of `per`, the rest as powers of two (737 = 512 + 128 + 64 +
+    32 + 1). The driver keeps every statement it compiled (128 a connection) and one of
+    a thousand rows weighs about a megabyte: with any remainder a statement of its own,
+    each range would add new ones until the cache was full, memory growing with the
+    chain; this way a table has a dozen statements at most, compiled once and reused."""
+    while count >= per:
+        yield per
+        count -= per
+    size = 1 << (per.bit_length() - 1)
+    while count:
+        while size > count:
+            size >>= 1
+        yield size
+        count -= size
 
 
 def _copy_in(

@@ -237,3 +237,13 @@ def test_charge_failure_reasons_are_stored_as_their_values(engine: Engine) -> No
         repository.insert_facts(conn, ChargeFailure, rows)
         stored = conn.execute(text("SELECT reason FROM charge_failures ORDER BY log_index"))
         assert [r for (r,) in stored] == [reason.value for reason in ChargeFailureReason]
+
+
+@pytest.mark.parametrize("count", [0, 1, 737, 1000, 2737, 20_011])
+def test_sqlite_bulk_inserts_reuse_a_few_statement_sizes(count: int) -> None:
+    """Rows go in chunks of the largest size, the rest in powers of two: every row once,
+    and whatever the count only a dozen distinct statements (SQLite's statement cache, and
+    so memory, stays flat as the chain grows)."""
+    sizes = list(repository._chunk_sizes(count, 909))
+    assert sum(sizes) == count and all(0 < size <= 909 for size in sizes)
+    assert set(sizes) <= {909} | {2**k for k in range(10)}
