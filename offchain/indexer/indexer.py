@@ -46,7 +46,7 @@ from offchain.db import repository
 from offchain.db.models import FACT_TABLES, Base
 from offchain.indexer.decoder import DecodedLog, EventDecoder
 from offchain.indexer.projector import Batch, ProjectionKey, apply, projection_keys
-from offchain.indexer.rpc import RangeTooLarge, RpcClient
+from offchain.indexer.rpc import RangeTooLarge, RpcClient, TooManyLogs
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -175,9 +175,11 @@ def _read_range(
     finalized: int,
     limit: int,
 ) -> _Fetched:
-    raw_logs = rpc.get_logs(contracts, [], first, end)
-    if len(raw_logs) > limit and end > first:
-        raise _Oversized(len(raw_logs))
+    try:
+        # A range of one block is taken whatever it holds: it cannot be split.
+        raw_logs = rpc.get_logs(contracts, [], first, end, max_logs=limit if end > first else None)
+    except TooManyLogs as exc:
+        raise _Oversized(exc.logs) from None
     logs = decoder.decode_all(raw_logs)
     removed = any(entry.get("removed") for entry in raw_logs)
     del raw_logs
@@ -224,7 +226,8 @@ class _Prepared:
 
 
 class _Oversized(Exception):
-    """An answer holding more than `_OVERSIZED` times `target_logs` logs (not decoded)."""
+    """An answer holding more than `_OVERSIZED` times `target_logs` logs (not read to the
+    end, not decoded)."""
 
     def __init__(self, logs: int) -> None:
         super().__init__(f"{logs} logs")

@@ -50,6 +50,20 @@ class RangeTooLarge(RpcError):
     """The node refused a getLogs range as too large or too full."""
 
 
+class TooManyLogs(RuntimeError):
+    """An `eth_getLogs` answer holds more logs than the caller can take: it was not read to
+    the end (the memory it would take is the point). `logs` estimates how many it holds."""
+
+    def __init__(self, logs: int) -> None:
+        super().__init__(f"more than {logs} logs")
+        self.logs = logs
+
+
+# Each log of an eth_getLogs answer has exactly one.
+_LOG_MARKER = b'"logIndex"'
+_CHUNK_BYTES = 1 << 16
+
+
 class NodeUnavailable(RuntimeError):
     """The node could not be reached after every retry."""
 
@@ -87,15 +101,19 @@ class RpcClient:
     def close(self) -> None:
         self._session.close()
 
-    def _post(self, payload: Any, what: str) -> Any:
+    def _post(self, payload: Any, what: str, max_logs: int | None = None) -> Any:
         body = orjson.dumps(payload)
         delay = self._backoff
         for attempt in range(self._retries + 1):
             try:
-                response = self._session.post(self.url, data=body, timeout=self._timeout)
+                response = self._session.post(
+                    self.url, data=body, timeout=self._timeout, stream=max_logs is not None
+                )
                 if response.status_code in (429, 502, 503, 504):
                     raise requests.ConnectionError(f"HTTP {response.status_code}")
                 response.raise_for_status()
+                if max_logs is not None:
+                    return orjson.loads(_read_bounded(response, max_logs))
                 return orjson.loads(response.content)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt == self._retries:
@@ -165,18 +183,44 @@ class RpcClient:
         return blocks
 
     def get_logs(
-        self, addresses: Sequence[str], topics: Sequence[str], from_block: int, to_block: int
+        self,
+        addresses: Sequence[str],
+        topics: Sequence[str],
+        from_block: int,
+        to_block: int,
+        *,
+        max_logs: int | None = None,
     ) -> list[dict[str, Any]]:
-        return list(
-            self.call(
-                "eth_getLogs",
-                [
-                    {
-                        "address": list(addresses),
-                        "topics": [list(topics)],
-                        "fromBlock": hex(from_block),
-                        "toBlock": hex(to_block),
-                    }
-                ],
-            )
-        )
+        """The logs of blocks from_block..to_block. With `max_logs`, an answer holding more
+        is abandoned as soon as that shows, before it is all in memory: TooManyLogs."""
+        params = {
+            "address": list(addresses),
+            "topics": [list(topics)],
+            "fromBlock": hex(from_block),
+            "toBlock": hex(to_block),
+        }
+        payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": "eth_getLogs"}
+        answer = self._post({**payload, "params": [params]}, "eth_getLogs", max_logs)
+        return list(self._result("eth_getLogs", answer))
+
+
+def _read_bounded(response: requests.Response, max_logs: int) -> bytes:
+    """The body of an eth_getLogs answer, unless it holds more than `max_logs` logs: then
+    the connection is dropped as soon as the count passes it (the node may have built a
+    huge answer; this process never holds it) and TooManyLogs estimates the total from
+    the share read (by Content-Length, when the node sends one)."""
+    chunks: list[bytes] = []
+    read = logs = 0
+    carry = b""  # the end of the last chunk: a marker may straddle two chunks
+    try:
+        for chunk in response.iter_content(_CHUNK_BYTES):
+            logs += (carry + chunk).count(_LOG_MARKER)
+            carry = chunk[-(len(_LOG_MARKER) - 1) :]
+            read += len(chunk)
+            if logs > max_logs:
+                total = int(response.headers.get("Content-Length") or 0)
+                raise TooManyLogs(logs * total // read if total > read else logs)
+            chunks.append(chunk)
+    finally:
+        response.close()
+    return b"".join(chunks)

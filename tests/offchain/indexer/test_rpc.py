@@ -17,7 +17,13 @@ import pytest
 from sqlalchemy import Engine
 
 from offchain.indexer.indexer import Indexer
-from offchain.indexer.rpc import NodeUnavailable, RangeTooLarge, RpcClient, RpcError
+from offchain.indexer.rpc import (
+    NodeUnavailable,
+    RangeTooLarge,
+    RpcClient,
+    RpcError,
+    TooManyLogs,
+)
 from tests.chain_fixtures import GRACE, PERIOD, PRICE
 from tests.offchain.indexer.helpers import CHAINBILL, Mirror, RpcProxy, assert_same_mirror
 
@@ -160,6 +166,33 @@ def test_range_refusals_are_recognised_for_get_logs_only(scripted: Any, message:
     with pytest.raises(RpcError) as raised:
         client.block_number()
     assert not isinstance(raised.value, RangeTooLarge)
+
+
+def _fake_log(n: int) -> dict[str, Any]:
+    return {
+        "address": "0x" + "11" * 20,
+        "topics": [],
+        "data": "0x" + "00" * 512,
+        "blockNumber": hex(n // 10),
+        "logIndex": hex(n % 10),
+        "removed": False,
+    }
+
+
+def test_an_answer_with_too_many_logs_is_abandoned_before_it_is_read(scripted: Any) -> None:
+    """eth_getLogs with max_logs: an answer over the limit raises TooManyLogs with an
+    estimate of its size (from Content-Length) instead of being held in memory; one within
+    the limit comes back whole, and the client keeps working after an abandoned answer."""
+    big = {"jsonrpc": "2.0", "result": [_fake_log(n) for n in range(2_000)]}
+    small = {"jsonrpc": "2.0", "result": [_fake_log(n) for n in range(7)]}
+    server = scripted([(200, big), (200, small), (200, big)])
+    client = RpcClient(server.url)
+    with pytest.raises(TooManyLogs) as raised:
+        client.get_logs([], [], 0, 100, max_logs=10)
+    assert 1_500 <= raised.value.logs <= 2_500  # estimated from the share read
+    assert len(client.get_logs([], [], 0, 100, max_logs=10)) == 7
+    assert len(client.get_logs([], [], 0, 100)) == 2_000  # no limit: read whole
+    assert client.chain_id() > 0  # forwarded to the node: the session still works
 
 
 def test_unknown_blocks_are_an_error(rpc_url: str, chain: Any) -> None:
