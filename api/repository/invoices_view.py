@@ -34,18 +34,12 @@ from offchain.db.models import (
     InvoicePayment,
     InvoiceRefund,
     InvoiceSettlement,
+    table_of,
 )
 from offchain.db.types import Uint256
 
-
-def _table(model: type[Base]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
-_INVOICES = _table(Invoice)
-_DOCUMENTS = _table(InvoiceDocument)
+_INVOICES = table_of(Invoice)
+_DOCUMENTS = table_of(InvoiceDocument)
 _DOC = "doc_"
 
 
@@ -105,7 +99,7 @@ _KINDS = (
 
 
 def _facts_of(kind: str, model: type[Base], party: str) -> Select[Any]:
-    table = _table(model)
+    table = table_of(model)
     return select(
         literal(kind, String).label("kind"),
         table.c[party].label("party"),

@@ -41,15 +41,13 @@ from offchain.db.models import (
     SubscriptionState,
     UsageCharge,
     UsageReport,
+    table_of,
 )
 
 UNPAID = (InvoiceStatus.OPEN.value, InvoiceStatus.PARTIALLY_PAID.value)
 
 
-def table(model: type[Base]) -> Table:
-    t = model.__table__
-    assert isinstance(t, Table)
-    return t
+table = table_of
 
 
 @dataclass(frozen=True)

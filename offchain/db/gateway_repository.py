@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from offchain.db.models import (
@@ -18,20 +18,15 @@ from offchain.db.models import (
     IdempotencyRecord,
     InvoiceDocument,
     SiweNonce,
+    table_of,
 )
-
-
-def _table(model: type[Base]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
 
 
 def _insert_new(conn: Connection, model: type[Base], values: dict[str, Any]) -> bool:
     """Inserts a row; False (and nothing written) when its primary or unique key exists."""
     try:
         with conn.begin_nested():
-            conn.execute(_table(model).insert().values(values))
+            conn.execute(table_of(model).insert().values(values))
     except IntegrityError:
         return False
     return True
@@ -41,12 +36,14 @@ def _insert_new(conn: Connection, model: type[Base], values: dict[str, Any]) -> 
 
 
 def insert_api_key(conn: Connection, values: dict[str, Any]) -> int:
-    result = conn.execute(_table(ApiKey).insert().values(values).returning(ApiKey.id))
+    result = conn.execute(table_of(ApiKey).insert().values(values).returning(ApiKey.id))
     return int(result.scalar_one())
 
 
 # Built once: every authenticated request runs it.
-_API_KEY_BY_PREFIX = select(_table(ApiKey)).where(_table(ApiKey).c.prefix == bindparam("prefix"))
+_API_KEY_BY_PREFIX = select(table_of(ApiKey)).where(
+    table_of(ApiKey).c.prefix == bindparam("prefix")
+)
 
 
 def api_key_by_prefix(conn: Connection, prefix: str) -> ApiKey | None:
@@ -55,7 +52,7 @@ def api_key_by_prefix(conn: Connection, prefix: str) -> ApiKey | None:
 
 
 def list_api_keys(conn: Connection, merchant: str | None) -> list[ApiKey]:
-    query = select(_table(ApiKey)).order_by(ApiKey.id)
+    query = select(table_of(ApiKey)).order_by(ApiKey.id)
     if merchant is not None:
         query = query.where(ApiKey.merchant == merchant)
     return [ApiKey(**row._mapping) for row in conn.execute(query)]
@@ -64,7 +61,7 @@ def list_api_keys(conn: Connection, merchant: str | None) -> list[ApiKey]:
 def revoke_api_key(conn: Connection, prefix: str, at: datetime) -> bool:
     """Revokes a live key; False when no live key has that prefix."""
     result = conn.execute(
-        update(_table(ApiKey))
+        update(table_of(ApiKey))
         .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
         .values(revoked_at=at)
     )
@@ -86,7 +83,7 @@ def api_key_revocations(conn: Connection) -> tuple[int, datetime | None]:
 
 def insert_nonce(conn: Connection, nonce: str, created_at: datetime, expires_at: datetime) -> None:
     conn.execute(
-        _table(SiweNonce)
+        table_of(SiweNonce)
         .insert()
         .values(nonce=nonce, created_at=created_at, expires_at=expires_at, used_at=None)
     )
@@ -96,7 +93,7 @@ def consume_nonce(conn: Connection, nonce: str, now: datetime) -> bool:
     """Marks an issued, unused, unexpired nonce used; False otherwise. One statement, so two
     sign-ins racing with the same nonce cannot both succeed."""
     result = conn.execute(
-        update(_table(SiweNonce))
+        update(table_of(SiweNonce))
         .where(SiweNonce.nonce == nonce, SiweNonce.used_at.is_(None), SiweNonce.expires_at > now)
         .values(used_at=now)
     )
@@ -104,16 +101,16 @@ def consume_nonce(conn: Connection, nonce: str, now: datetime) -> bool:
 
 
 def delete_expired_nonces(conn: Connection, now: datetime) -> None:
-    conn.execute(delete(_table(SiweNonce)).where(SiweNonce.expires_at <= now))
+    conn.execute(delete(table_of(SiweNonce)).where(SiweNonce.expires_at <= now))
 
 
 def insert_session(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(_table(CustomerSession).insert().values(values))
+    conn.execute(table_of(CustomerSession).insert().values(values))
 
 
 def live_session(conn: Connection, token_sha256: str, now: datetime) -> CustomerSession | None:
     row = conn.execute(
-        select(_table(CustomerSession)).where(
+        select(table_of(CustomerSession)).where(
             CustomerSession.token_sha256 == token_sha256, CustomerSession.expires_at > now
         )
     ).first()
@@ -122,7 +119,7 @@ def live_session(conn: Connection, token_sha256: str, now: datetime) -> Customer
 
 def delete_session(conn: Connection, token_sha256: str) -> None:
     conn.execute(
-        delete(_table(CustomerSession)).where(CustomerSession.token_sha256 == token_sha256)
+        delete(table_of(CustomerSession)).where(CustomerSession.token_sha256 == token_sha256)
     )
 
 
@@ -150,7 +147,7 @@ def claim_idempotency_key(
 
 def idempotency_record(conn: Connection, scope: str, key: str) -> IdempotencyRecord | None:
     row = conn.execute(
-        select(_table(IdempotencyRecord)).where(
+        select(table_of(IdempotencyRecord)).where(
             IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
         )
     ).first()
@@ -161,7 +158,7 @@ def complete_idempotency_key(
     conn: Connection, scope: str, key: str, status_code: int, headers: str, body: bytes
 ) -> None:
     conn.execute(
-        update(_table(IdempotencyRecord))
+        update(table_of(IdempotencyRecord))
         .where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
         .values(status_code=status_code, response_headers=headers, response_body=body)
     )
@@ -169,7 +166,7 @@ def complete_idempotency_key(
 
 def release_idempotency_key(conn: Connection, scope: str, key: str) -> None:
     conn.execute(
-        delete(_table(IdempotencyRecord)).where(
+        delete(table_of(IdempotencyRecord)).where(
             IdempotencyRecord.scope == scope, IdempotencyRecord.key == key
         )
     )
@@ -177,7 +174,7 @@ def release_idempotency_key(conn: Connection, scope: str, key: str) -> None:
 
 def delete_idempotency_records_before(conn: Connection, before: datetime) -> int:
     result = conn.execute(
-        delete(_table(IdempotencyRecord)).where(IdempotencyRecord.created_at < before)
+        delete(table_of(IdempotencyRecord)).where(IdempotencyRecord.created_at < before)
     )
     return int(result.rowcount or 0)
 
@@ -194,7 +191,7 @@ def invoice_document(
     conn: Connection, chain_id: int, contract: str, invoice_id: str
 ) -> InvoiceDocument | None:
     row = conn.execute(
-        select(_table(InvoiceDocument)).where(
+        select(table_of(InvoiceDocument)).where(
             InvoiceDocument.chain_id == chain_id,
             InvoiceDocument.contract == contract,
             InvoiceDocument.invoice_id == invoice_id,
@@ -208,7 +205,7 @@ def delete_invoice_document(
 ) -> bool:
     """Forgets an invoice's stored content; False when there was none."""
     result = conn.execute(
-        delete(_table(InvoiceDocument)).where(
+        delete(table_of(InvoiceDocument)).where(
             InvoiceDocument.chain_id == chain_id,
             InvoiceDocument.contract == contract,
             InvoiceDocument.invoice_id == invoice_id,
@@ -221,7 +218,7 @@ def set_invoice_transaction(
     conn: Connection, chain_id: int, contract: str, invoice_id: str, transaction_hash: str
 ) -> None:
     conn.execute(
-        update(_table(InvoiceDocument))
+        update(table_of(InvoiceDocument))
         .where(
             InvoiceDocument.chain_id == chain_id,
             InvoiceDocument.contract == contract,

@@ -24,7 +24,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from offchain.db.models import (
     UNRESOLVED_TX_STATUSES,
-    Base,
     KeeperSubscription,
     KeeperTransaction,
     KeeperTxAttempt,
@@ -32,20 +31,14 @@ from offchain.db.models import (
     Plan,
     Subscription,
     SubscriptionState,
+    table_of,
 )
 
-
-def _table(model: type[Base]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
-_W = _table(KeeperSubscription)
-_S = _table(Subscription)
-_P = _table(Plan)
-_TX = _table(KeeperTransaction)
-_AT = _table(KeeperTxAttempt)
+_W = table_of(KeeperSubscription)
+_S = table_of(Subscription)
+_P = table_of(Plan)
+_TX = table_of(KeeperTransaction)
+_AT = table_of(KeeperTxAttempt)
 
 # The next due time as best known: the mirror's, or a later one the keeper read from its own
 # receipts before the indexer caught up (so a charged subscription is not picked again).

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy import Boolean, Connection, Engine, Table, delete, func, select, tuple_
+from sqlalchemy import Boolean, Connection, Engine, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
@@ -37,6 +37,7 @@ from offchain.db.models import (
     IndexerState,
     ProjectionUndo,
     RawEvent,
+    table_of,
 )
 from offchain.db.types import UINT256_MAX, Uint256
 
@@ -62,22 +63,16 @@ RAW_EVENT_COLUMNS = (
 )
 
 
-def _table(model: type[Base]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
 def _primary_key(model: type[Base]) -> list[str]:
-    return [c.name for c in _table(model).primary_key.columns]
+    return [c.name for c in table_of(model).primary_key.columns]
 
 
 def _insert(conn: Connection, model: type[Base]) -> Any:
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(_table(model))
+        return postgresql.insert(table_of(model))
     if dialect == "sqlite":
-        return sqlite.insert(_table(model))
+        return sqlite.insert(table_of(model))
     raise RuntimeError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
 
 
@@ -86,7 +81,7 @@ def _insert(conn: Connection, model: type[Base]) -> Any:
 
 def get_state(conn: Connection, chain_id: int) -> IndexerState | None:
     row = conn.execute(
-        select(_table(IndexerState)).where(IndexerState.chain_id == chain_id)
+        select(table_of(IndexerState)).where(IndexerState.chain_id == chain_id)
     ).first()
     return None if row is None else IndexerState(**row._mapping)
 
@@ -160,7 +155,7 @@ def insert_facts(conn: Connection, model: type[Base], rows: Sequence[dict[str, A
 
 
 def _columns(model: type[Base]) -> tuple[str, ...]:
-    return tuple(c.name for c in _table(model).columns)
+    return tuple(c.name for c in table_of(model).columns)
 
 
 def _uint256_converter(dialect: Dialect) -> Callable[[Any], Any]:
@@ -200,7 +195,7 @@ def _row_builder(
     if builder is None:
         items = []
         stored = "v" if dialect.name == "postgresql" else "f'{v:078d}'"
-        for column in _table(model).columns:
+        for column in table_of(model).columns:
             assert column.name.isidentifier(), column.name
             value = f"row[{column.name!r}]"
             if isinstance(column.type, Uint256):
@@ -271,7 +266,7 @@ def _copy_in(
 def _postgresql_types(model: type[Base], columns: Sequence[str], dialect: Dialect) -> list[str]:
     """The PostgreSQL type of each column, as psycopg names them ('VARCHAR(66)' ->
     'varchar', 'NUMERIC(78, 0)' -> 'numeric')."""
-    table = _table(model)
+    table = table_of(model)
     return [table.c[name].type.compile(dialect=dialect).split("(")[0].lower() for name in columns]
 
 
@@ -311,7 +306,7 @@ def load_projections(
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return {}
-    table = _table(model)
+    table = table_of(model)
     pk = _primary_key(model)
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     if len(pk) != 3:
@@ -357,7 +352,7 @@ def _row_reader(model: type[Base], dialect: Dialect) -> Callable[[Sequence[Any]]
     Uint256 through its own result conversion, Boolean as bool (SQLite stores 0/1)."""
     uint256 = Uint256()
     converters: list[tuple[str, Callable[[Any], Any]]] = []
-    for column in _table(model).columns:
+    for column in table_of(model).columns:
         if isinstance(column.type, Uint256):
             converters.append((column.name, lambda v: uint256.process_result_value(v, dialect)))
         elif isinstance(column.type, Boolean) and dialect.name == "sqlite":
@@ -473,31 +468,31 @@ def rollback_from(conn: Connection, chain_id: int, first_orphaned: int) -> int:
         key = json.loads(entry.key)
         if entry.old_row is None:
             pk = _primary_key(model)
-            table = _table(model)
+            table = table_of(model)
             conn.execute(
                 delete(table).where(*(table.c[n] == v for n, v in zip(pk, key, strict=True)))
             )
         else:
             upsert_projections(conn, model, [json.loads(entry.old_row)])
     conn.execute(
-        delete(_table(ProjectionUndo)).where(
+        delete(table_of(ProjectionUndo)).where(
             ProjectionUndo.chain_id == chain_id, ProjectionUndo.block_number >= first_orphaned
         )
     )
     for model in FACT_TABLES:
-        table = _table(model)
+        table = table_of(model)
         conn.execute(
             delete(table).where(
                 table.c.chain_id == chain_id, table.c.block_number >= first_orphaned
             )
         )
     removed = conn.execute(
-        delete(_table(RawEvent)).where(
+        delete(table_of(RawEvent)).where(
             RawEvent.chain_id == chain_id, RawEvent.block_number >= first_orphaned
         )
     ).rowcount
     conn.execute(
-        delete(_table(Block)).where(Block.chain_id == chain_id, Block.number >= first_orphaned)
+        delete(table_of(Block)).where(Block.chain_id == chain_id, Block.number >= first_orphaned)
     )
     return int(removed or 0)
 
@@ -505,12 +500,12 @@ def rollback_from(conn: Connection, chain_id: int, first_orphaned: int) -> int:
 def prune_confirmed(conn: Connection, chain_id: int, finalized_block: int) -> None:
     """Undo records and headers of blocks that can no longer be reorged are not needed."""
     conn.execute(
-        delete(_table(ProjectionUndo)).where(
+        delete(table_of(ProjectionUndo)).where(
             ProjectionUndo.chain_id == chain_id, ProjectionUndo.block_number <= finalized_block
         )
     )
     conn.execute(
-        delete(_table(Block)).where(Block.chain_id == chain_id, Block.number < finalized_block)
+        delete(table_of(Block)).where(Block.chain_id == chain_id, Block.number < finalized_block)
     )
 
 
@@ -520,14 +515,16 @@ def prune_confirmed(conn: Connection, chain_id: int, finalized_block: int) -> No
 def count_raw_events(conn: Connection, chain_id: int) -> int:
     return int(
         conn.execute(
-            select(func.count()).select_from(_table(RawEvent)).where(RawEvent.chain_id == chain_id)
+            select(func.count())
+            .select_from(table_of(RawEvent))
+            .where(RawEvent.chain_id == chain_id)
         ).scalar_one()
     )
 
 
 def all_rows(conn: Connection, model: type[Base], chain_id: int) -> list[dict[str, Any]]:
     """Every row of a table for one chain, in primary-key order (for reconcile and tests)."""
-    table = _table(model)
+    table = table_of(model)
     pk = [table.c[name] for name in _primary_key(model)]
     rows = conn.execute(select(table).where(table.c.chain_id == chain_id).order_by(*pk))
     return [dict(row._mapping) for row in rows]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from offchain.db.models import (
@@ -32,13 +32,8 @@ from offchain.db.models import (
     WebhookEndpoint,
     WebhookEvent,
     WebhookProducerState,
+    table_of,
 )
-
-
-def _table(model: type[Base]) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -53,7 +48,7 @@ def aware(value: datetime | None) -> datetime | None:
 
 def insert_endpoint(conn: Connection, values: dict[str, Any]) -> int:
     result = conn.execute(
-        _table(WebhookEndpoint).insert().values(values).returning(WebhookEndpoint.id)
+        table_of(WebhookEndpoint).insert().values(values).returning(WebhookEndpoint.id)
     )
     return int(result.scalar_one())
 
@@ -68,7 +63,7 @@ def _endpoint(row: Any) -> WebhookEndpoint:
 
 def endpoint_by_public_id(conn: Connection, public_id: str) -> WebhookEndpoint | None:
     row = conn.execute(
-        select(_table(WebhookEndpoint)).where(
+        select(table_of(WebhookEndpoint)).where(
             WebhookEndpoint.public_id == public_id, WebhookEndpoint.deleted_at.is_(None)
         )
     ).first()
@@ -79,14 +74,14 @@ def endpoints_by_ids(conn: Connection, ids: Sequence[int]) -> dict[int, WebhookE
     if not ids:
         return {}
     rows = conn.execute(
-        select(_table(WebhookEndpoint)).where(WebhookEndpoint.id.in_(list(set(ids))))
+        select(table_of(WebhookEndpoint)).where(WebhookEndpoint.id.in_(list(set(ids))))
     )
     return {row.id: _endpoint(row) for row in rows}
 
 
 def list_endpoints(conn: Connection, merchant: str | None) -> list[WebhookEndpoint]:
     query = (
-        select(_table(WebhookEndpoint))
+        select(table_of(WebhookEndpoint))
         .where(WebhookEndpoint.deleted_at.is_(None))
         .order_by(WebhookEndpoint.id)
     )
@@ -97,7 +92,7 @@ def list_endpoints(conn: Connection, merchant: str | None) -> list[WebhookEndpoi
 
 def live_endpoints(conn: Connection) -> list[WebhookEndpoint]:
     """Enabled, undeleted endpoints: the ones new events fan out to."""
-    query = select(_table(WebhookEndpoint)).where(
+    query = select(table_of(WebhookEndpoint)).where(
         WebhookEndpoint.deleted_at.is_(None), WebhookEndpoint.enabled.is_(True)
     )
     return [_endpoint(row) for row in conn.execute(query.order_by(WebhookEndpoint.id))]
@@ -105,7 +100,7 @@ def live_endpoints(conn: Connection) -> list[WebhookEndpoint]:
 
 def update_endpoint(conn: Connection, endpoint_id: int, values: dict[str, Any]) -> None:
     conn.execute(
-        update(_table(WebhookEndpoint)).where(WebhookEndpoint.id == endpoint_id).values(values)
+        update(table_of(WebhookEndpoint)).where(WebhookEndpoint.id == endpoint_id).values(values)
     )
 
 
@@ -118,12 +113,12 @@ def _insert_ignoring_conflict(conn: Connection, model: type[Base], values: dict[
     its own earlier rows on every pass over the unconfirmed window."""
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        stmt: Any = postgresql.insert(_table(model))
+        stmt: Any = postgresql.insert(table_of(model))
     elif dialect == "sqlite":
-        stmt = sqlite.insert(_table(model))
+        stmt = sqlite.insert(table_of(model))
     else:
         raise RuntimeError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
-    id_column = _table(model).c.id
+    id_column = table_of(model).c.id
     return conn.execute(
         stmt.values(values).on_conflict_do_nothing().returning(id_column)
     ).scalar_one_or_none()
@@ -137,7 +132,7 @@ def insert_event(conn: Connection, values: dict[str, Any]) -> int | None:
 
 def event_by_dedupe_key(conn: Connection, dedupe_key: str) -> WebhookEvent | None:
     row = conn.execute(
-        select(_table(WebhookEvent)).where(WebhookEvent.dedupe_key == dedupe_key)
+        select(table_of(WebhookEvent)).where(WebhookEvent.dedupe_key == dedupe_key)
     ).first()
     return None if row is None else WebhookEvent(**row._mapping)
 
@@ -145,12 +140,12 @@ def event_by_dedupe_key(conn: Connection, dedupe_key: str) -> WebhookEvent | Non
 def events_by_ids(conn: Connection, ids: Sequence[int]) -> dict[int, WebhookEvent]:
     if not ids:
         return {}
-    rows = conn.execute(select(_table(WebhookEvent)).where(WebhookEvent.id.in_(list(set(ids)))))
+    rows = conn.execute(select(table_of(WebhookEvent)).where(WebhookEvent.id.in_(list(set(ids)))))
     return {row.id: WebhookEvent(**row._mapping) for row in rows}
 
 
 def list_events(conn: Connection, merchant: str | None = None) -> list[WebhookEvent]:
-    query = select(_table(WebhookEvent)).order_by(WebhookEvent.id)
+    query = select(table_of(WebhookEvent)).order_by(WebhookEvent.id)
     if merchant is not None:
         query = query.where(WebhookEvent.merchant == merchant)
     return [WebhookEvent(**row._mapping) for row in conn.execute(query)]
@@ -162,7 +157,7 @@ def unconfirmed_events_undelivered(conn: Connection, chain_id: int) -> list[Webh
     waiting = select(WebhookDelivery.event_id).where(
         WebhookDelivery.status.in_([WebhookDeliveryStatus.PENDING, WebhookDeliveryStatus.FAILED])
     )
-    query = select(_table(WebhookEvent)).where(
+    query = select(table_of(WebhookEvent)).where(
         WebhookEvent.chain_id == chain_id,
         WebhookEvent.final.is_(False),
         WebhookEvent.id.in_(waiting),
@@ -201,7 +196,7 @@ def due_deliveries(conn: Connection, now: datetime, limit: int) -> list[WebhookD
     """Pending deliveries whose next attempt is due, oldest first; on PostgreSQL locked
     (SKIP LOCKED) so that workers running side by side take different ones."""
     query = (
-        select(_table(WebhookDelivery))
+        select(table_of(WebhookDelivery))
         .where(
             WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
             WebhookDelivery.next_attempt_at <= now,
@@ -219,7 +214,7 @@ def lease_delivery(conn: Connection, delivery_id: int, now: datetime, until: dat
     worker die in flight, the delivery is tried again once the lease is over. False when
     it is no longer due (another worker took it first)."""
     result = conn.execute(
-        update(_table(WebhookDelivery))
+        update(table_of(WebhookDelivery))
         .where(
             WebhookDelivery.id == delivery_id,
             WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
@@ -232,7 +227,7 @@ def lease_delivery(conn: Connection, delivery_id: int, now: datetime, until: dat
 
 def delivery_by_public_id(conn: Connection, public_id: str) -> WebhookDelivery | None:
     row = conn.execute(
-        select(_table(WebhookDelivery)).where(WebhookDelivery.public_id == public_id)
+        select(table_of(WebhookDelivery)).where(WebhookDelivery.public_id == public_id)
     ).first()
     return None if row is None else _delivery(row)
 
@@ -247,7 +242,7 @@ def list_deliveries(
     limit: int = 50,
 ) -> list[WebhookDelivery]:
     """Newest first (keyset by id: pass the last id of a page as `before_id`)."""
-    query = select(_table(WebhookDelivery)).order_by(WebhookDelivery.id.desc()).limit(limit)
+    query = select(table_of(WebhookDelivery)).order_by(WebhookDelivery.id.desc()).limit(limit)
     if merchant is not None:
         query = query.where(WebhookDelivery.merchant == merchant)
     if status is not None:
@@ -261,7 +256,7 @@ def list_deliveries(
 
 def update_delivery(conn: Connection, delivery_id: int, values: dict[str, Any]) -> None:
     conn.execute(
-        update(_table(WebhookDelivery)).where(WebhookDelivery.id == delivery_id).values(values)
+        update(table_of(WebhookDelivery)).where(WebhookDelivery.id == delivery_id).values(values)
     )
 
 
@@ -276,7 +271,7 @@ def cancel_pending_deliveries(
         else WebhookDelivery.endpoint_id == endpoint_id
     )
     result = conn.execute(
-        update(_table(WebhookDelivery))
+        update(table_of(WebhookDelivery))
         .where(
             which,
             WebhookDelivery.status.in_(
@@ -289,14 +284,14 @@ def cancel_pending_deliveries(
 
 
 def insert_attempt(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(_table(WebhookAttempt).insert().values(values))
+    conn.execute(table_of(WebhookAttempt).insert().values(values))
 
 
 def attempt_count(conn: Connection, delivery_id: int) -> int:
     return int(
         conn.execute(
             select(func.count())
-            .select_from(_table(WebhookAttempt))
+            .select_from(table_of(WebhookAttempt))
             .where(WebhookAttempt.delivery_id == delivery_id)
         ).scalar_one()
     )
@@ -307,7 +302,7 @@ def attempts_of(conn: Connection, delivery_ids: Sequence[int]) -> dict[int, list
     if not delivery_ids:
         return out
     rows = conn.execute(
-        select(_table(WebhookAttempt))
+        select(table_of(WebhookAttempt))
         .where(WebhookAttempt.delivery_id.in_(list(delivery_ids)))
         .order_by(WebhookAttempt.delivery_id, WebhookAttempt.number)
     )
@@ -331,13 +326,13 @@ def producer_cursor(conn: Connection, chain_id: int) -> int | None:
 def save_producer_cursor(conn: Connection, chain_id: int, final_block: int) -> None:
     now = datetime.now(UTC)
     done = conn.execute(
-        update(_table(WebhookProducerState))
+        update(table_of(WebhookProducerState))
         .where(WebhookProducerState.chain_id == chain_id)
         .values(final_block=final_block, updated_at=now)
     )
     if not done.rowcount:
         conn.execute(
-            _table(WebhookProducerState)
+            table_of(WebhookProducerState)
             .insert()
             .values(chain_id=chain_id, final_block=final_block, updated_at=now)
         )
@@ -371,7 +366,7 @@ _FACT_COLUMNS = ("chain_id", "block_hash", "log_index", "block_number", "block_t
 
 
 def _fact_select(model: type[Base], *extra: Any) -> Any:
-    table = _table(model)
+    table = table_of(model)
     return [table.c[name] for name in _FACT_COLUMNS] + [table.c.contract, *extra]
 
 
@@ -385,14 +380,14 @@ def subscription_facts(
     """(kind, row) of the subscription facts of blocks first..last of `merchants`' plans,
     with the subscription's plan, merchant, subscriber and token joined in."""
     out: list[tuple[str, dict[str, Any]]] = []
-    sub, plan = _table(Subscription), _table(Plan)
+    sub, plan = table_of(Subscription), table_of(Plan)
     for kind, model in (
         ("charge", Charge),
         ("charge_failure", ChargeFailure),
         ("cancellation", SubscriptionCancellation),
         ("lapse", SubscriptionLapse),
     ):
-        fact = _table(model)
+        fact = table_of(model)
         own = [c for c in fact.columns if c.name not in (*_FACT_COLUMNS, "contract")]
         query = (
             select(
@@ -439,7 +434,7 @@ def invoice_facts(
     """(kind, row) of the invoice facts (payments, refunds, settlements) and of the issue
     and void logs of blocks first..last of `merchants`' invoices, with the invoice joined."""
     out: list[tuple[str, dict[str, Any]]] = []
-    inv = _table(Invoice)
+    inv = table_of(Invoice)
     invoice_columns = [
         inv.c.merchant,
         inv.c.customer,
@@ -453,7 +448,7 @@ def invoice_facts(
         ("invoice_refund", InvoiceRefund),
         ("invoice_settlement", InvoiceSettlement),
     ):
-        fact = _table(model)
+        fact = table_of(model)
         own = [c for c in fact.columns if c.name not in (*_FACT_COLUMNS, "contract")]
         query = (
             select(*_fact_select(model), *own, *invoice_columns)
@@ -473,7 +468,7 @@ def invoice_facts(
         )
         out += [(kind, dict(row._mapping)) for row in conn.execute(query)]
     # Issues and voids have no fact table: the raw log names the invoice (first topic).
-    raw = _table(RawEvent)
+    raw = table_of(RawEvent)
     logs = conn.execute(
         select(raw).where(
             raw.c.chain_id == chain_id,
@@ -532,7 +527,7 @@ def open_invoices_due_between(
 ) -> list[dict[str, Any]]:
     """Unpaid (open or partially paid) invoices of `merchants` due in [low, high], issued in
     a final block (an invoice that a reorg may still remove gets no reminder)."""
-    inv = _table(Invoice)
+    inv = table_of(Invoice)
     rows = conn.execute(
         select(inv).where(
             inv.c.chain_id == chain_id,
@@ -555,7 +550,7 @@ def live_subscriptions_due_between(
 ) -> list[dict[str, Any]]:
     """Live subscriptions of `merchants`' plans whose paid period ends (next charge) in
     [low, high], with plan, price and token."""
-    sub, plan = _table(Subscription), _table(Plan)
+    sub, plan = table_of(Subscription), table_of(Plan)
     rows = conn.execute(
         select(sub, plan.c.merchant, plan.c.token, plan.c.price, plan.c.grace_period)
         .join(
