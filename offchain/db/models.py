@@ -109,21 +109,18 @@ class Block(Base):
 
 
 class RawEvent(Base):
-    """Every log of the watched contracts, as received: the append-only audit trail."""
+    """Every log of the watched contracts, as received: the append-only audit trail. Keyed
+    by its log in chain order (see _Fact); no surrogate id, which would cost a sequence
+    and an index more on every insert."""
 
     __tablename__ = "raw_events"
-    __table_args__ = (
-        UniqueConstraint("chain_id", "block_hash", "log_index", name="uq_raw_events_log"),
-        Index("ix_raw_events_chain_block", "chain_id", "block_number"),
-    )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    chain_id: Mapped[int] = mapped_column(BigInteger)
-    block_number: Mapped[int] = mapped_column(BigInteger)
-    block_hash: Mapped[str] = mapped_column(Hash)
+    chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    log_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block_hash: Mapped[str] = mapped_column(Hash, primary_key=True)
     block_time: Mapped[int] = mapped_column(BigInteger)
     tx_hash: Mapped[str] = mapped_column(Hash)
-    log_index: Mapped[int] = mapped_column(Integer)
     contract: Mapped[str] = mapped_column(Address)
     event: Mapped[str] = mapped_column(String(64))
     topics: Mapped[str] = mapped_column(Text)  # comma-separated 0x-hex topics
@@ -148,12 +145,18 @@ class ProjectionUndo(Base):
 
 
 class _Fact:
-    """Where a fact came from: one log. Unique per log, so a replay cannot double it."""
+    """Where a fact came from: one log. Unique per log, so a replay cannot double it.
+
+    The key is (chain, block number, log index, block hash): unique per log as (chain,
+    block hash, log index) is, since a block hash fixes its number, but in chain order, so
+    the indexer appends to the end of the key's B-tree instead of writing all over it (a
+    key led by a hash, which is random, makes every range rewrite most of the index's
+    pages), and the key serves the queries by block range as well."""
 
     chain_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    block_hash: Mapped[str] = mapped_column(Hash, primary_key=True)
+    block_number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     log_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    block_number: Mapped[int] = mapped_column(BigInteger, index=True)
+    block_hash: Mapped[str] = mapped_column(Hash, primary_key=True)
     block_time: Mapped[int] = mapped_column(BigInteger)
     tx_hash: Mapped[str] = mapped_column(Hash)
     contract: Mapped[str] = mapped_column(Address)
@@ -322,7 +325,7 @@ class Invoice(Base):
     contract: Mapped[str] = mapped_column(Address, primary_key=True)
     invoice_id: Mapped[str] = mapped_column(Hash, primary_key=True)
     merchant: Mapped[str] = mapped_column(Address)
-    customer: Mapped[str] = mapped_column(Address, index=True)
+    customer: Mapped[str] = mapped_column(Address)
     reference_hash: Mapped[str] = mapped_column(Hash)
     token: Mapped[str] = mapped_column(Address)
     amount: Mapped[int] = mapped_column(Uint256)
@@ -330,7 +333,7 @@ class Invoice(Base):
     allow_partial: Mapped[bool] = mapped_column(Boolean)
     content_hash: Mapped[str] = mapped_column(Hash)
     paid: Mapped[int] = mapped_column(Uint256)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))
     issued_block: Mapped[int] = mapped_column(BigInteger)
     issued_at: Mapped[int] = mapped_column(BigInteger)
 
@@ -470,8 +473,10 @@ class WebhookDeliveryStatus(StrEnum):
 
 
 class WebhookEndpoint(Base):
-    """A merchant's receiver. The signing secret is kept in the clear (an HMAC needs the
-    key itself); during a rotation the previous one keeps signing until it expires."""
+    """A merchant's receiver. An HMAC needs the signing secret itself: it is stored sealed
+    under CHAINBILL_WEBHOOK_SECRETS_KEY when that is set, else in the clear (see
+    offchain/webhooks/sealing.py); during a rotation the previous one keeps signing until it
+    expires."""
 
     __tablename__ = "webhook_endpoints"
 
@@ -480,8 +485,8 @@ class WebhookEndpoint(Base):
     merchant: Mapped[str] = mapped_column(Address, index=True)
     url: Mapped[str] = mapped_column(String(2048))
     description: Mapped[str] = mapped_column(String(200))
-    secret: Mapped[str] = mapped_column(String(100))
-    previous_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    secret: Mapped[str] = mapped_column(String(255))  # sealed: ~170 characters
+    previous_secret: Mapped[str | None] = mapped_column(String(255), nullable=True)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )

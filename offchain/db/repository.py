@@ -42,10 +42,14 @@ from offchain.db.models import (
 from offchain.db.types import UINT256_MAX, Uint256
 
 _CHUNK = 500
-# Bound parameters of one SQLite statement at most (SQLite's own limit is 32,766).
-_SQLITE_VARIABLES = 10_000
+# Bound parameters of one SQLite statement at most (SQLite's own limit is 32,766). The
+# driver keeps the statements it compiled (128 a connection), whose size grows with their
+# rows: at 10,000 (a thousand rows of ten columns) they held 40 MB more of the indexer's
+# memory, filling up as ranges went by, for no measurable speed.
+_SQLITE_VARIABLES = 2_000
 # The SQLite page cache of the indexer's connection, in KiB (see prepare_bulk_writes).
 SQLITE_CACHE_KIB = 16 * 1024
+_SQLITE_DEFAULT_CACHE = -2000  # SQLite's own default (about 2 MB)
 _TABLES_BY_NAME: dict[str, type[Base]] = {t.__tablename__: t for t in PROJECTION_TABLES}
 
 # The columns of a raw event row, in the order `insert_raw_events` takes them.
@@ -230,11 +234,11 @@ def _sqlite_insert(conn: Connection, head: str, tail: str, rows: Sequence[tuple[
 
 
 def _chunk_sizes(count: int, per: int) -> Iterator[int]:
-    """`count` rows as chunks of `per`, the rest as powers of two (737 = 512 + 128 + 64 +
-    32 + 1). The driver keeps every statement it compiled (128 a connection) and one of
-    a thousand rows weighs about a megabyte: with any remainder a statement of its own,
-    each range would add new ones until the cache was full, memory growing with the
-    chain; this way a table has a dozen statements at most, compiled once and reused."""
+    """`count` rows as chunks of `per`, the rest as powers of two (137 = 128 + 8 + 1). The
+    driver keeps every statement it compiled (128 a connection) and one of two hundred
+    rows weighs about 200 KB: with any remainder a statement of its own, each range would
+    add new ones until the cache was full, memory growing with the chain; this way a table
+    has nine statements at most, compiled once and reused."""
     while count >= per:
         yield per
         count -= per
@@ -412,28 +416,38 @@ def prepare_bulk_writes(conn: Connection) -> None:
 def defer_wal_checkpoints(conn: Connection) -> None:
     """SQLite: this connection's commits no longer copy the write-ahead log into the
     database file (SQLite's default, once the log passes 1,000 pages, in the committing
-    call): the caller runs `checkpoint_wal` itself, at a better moment."""
+    call): the caller runs `checkpoint_wal` itself, at a better moment. And when it starts
+    the log over, it truncates the log's file, whose size then tells how much the log
+    holds (SQLite's default reuses the file as it is)."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("PRAGMA wal_autocheckpoint = 0")
+        conn.exec_driver_sql("PRAGMA journal_size_limit = 0")
 
 
-def checkpoint_wal(engine: Engine) -> int:
+def checkpoint_connection(engine: Engine) -> Any:
+    """SQLite: a driver connection for `checkpoint_wal`, the caller's to close. Its page
+    cache is set back to SQLite's default, freeing what it holds: the pool may hand out the
+    connection the indexer writes with, whose cache is large and full, and a checkpoint
+    reads through none."""
+    raw = engine.raw_connection()
+    cursor = raw.cursor()
+    try:
+        cursor.execute(f"PRAGMA cache_size = {_SQLITE_DEFAULT_CACHE}")
+    finally:
+        cursor.close()
+    return raw
+
+
+def checkpoint_wal(raw: Any) -> None:
     """SQLite: copies what the write-ahead log holds into the database file, without
     waiting for readers (what a reader still uses is copied by the next one), so that a
-    writer can start the log over once all of it is copied. Outside any transaction, on a
-    connection of its own. Returns the size of the log in bytes."""
-    raw = engine.raw_connection()
+    writer can start the log over once all of it is copied. On `raw`, a driver connection
+    outside any transaction (from `checkpoint_connection`)."""
+    cursor = raw.cursor()
     try:
-        cursor = raw.cursor()
         cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        checkpointed: Any = cursor.fetchone()  # (busy, frames in the log, frames copied)
-        log_frames = checkpointed[1]
-        cursor.execute("PRAGMA page_size")
-        page_size: Any = cursor.fetchone()[0]  # type: ignore[index]
-        cursor.close()
     finally:
-        raw.close()
-    return max(0, int(log_frames)) * int(page_size)
+        cursor.close()
 
 
 def insert_undo(conn: Connection, chain_id: int, entries: Sequence[dict[str, Any]]) -> None:

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import queue
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -79,7 +81,8 @@ class IndexerConfig:
     # Whether to prepare a range while the last one is written. None: on PostgreSQL, whose
     # server does its part of a write in its own process; not on SQLite, which does it in
     # this one and needs the GIL around every chunk (overlapping it with Python work costs
-    # more than it saves there). Reading ahead is not affected.
+    # more than it saves there: 10% slower and 50 MB more, measured with the 1 ms switch
+    # interval too). Reading ahead is not affected.
     overlap_writes: bool | None = None
     poll_interval: float = 1.0
 
@@ -98,36 +101,58 @@ class SyncResult:
 _CEILING_RANGES = 16
 
 
-class _GcPause:
-    """The cyclic garbage collector paused while a range is read or written. A range makes
-    tens of thousands of objects that live until it is committed, which drives the collector
-    into full collections of the whole heap over and over, for nothing: what a range makes
-    is freed by reference counting. The collector runs again, on whatever cycles there are,
-    as soon as no range is being processed; the pause is shared by the threads of every
-    indexer of the process (and leaves a collector disabled by someone else disabled)."""
+# The interpreter's switch interval while ranges are processed, in seconds (Python's own
+# is 5 ms). Three threads share the GIL then: the writer (on PostgreSQL) hands it back
+# around every send to the server, and each time has to wait for the preparing or reading
+# thread to be made to let go of it, up to a whole interval; at 1 ms a PostgreSQL backfill
+# is about a third faster (bench/indexer.py), SQLite's is unchanged.
+_SWITCH_INTERVAL_S = 0.001
+
+
+class _RangeWork:
+    """The process set up for the indexer while a range is read or written, shared by the
+    threads of every indexer of the process; put back as it was as soon as no range is
+    being processed (what someone else changed meanwhile is left as they set it):
+
+    - the cyclic garbage collector paused: a range makes tens of thousands of objects that
+      live until it is committed, which drives the collector into full collections of the
+      whole heap over and over, for nothing (what a range makes is freed by reference
+      counting); it runs again, on whatever cycles there are, afterwards;
+    - the switch interval shortened to `_SWITCH_INTERVAL_S` (never lengthened)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._holders = 0
-        self._resume = False
+        self._resume_gc = False
+        self._interval: float | None = None  # the interval to put back, if shortened
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
         with self._lock:
             if self._holders == 0:
-                self._resume = gc.isenabled()
+                self._resume_gc = gc.isenabled()
                 gc.disable()
+                before = sys.getswitchinterval()
+                self._interval = None
+                if before > _SWITCH_INTERVAL_S:
+                    sys.setswitchinterval(_SWITCH_INTERVAL_S)
+                    self._interval = before
             self._holders += 1
         try:
             yield
         finally:
             with self._lock:
                 self._holders -= 1
-                if self._holders == 0 and self._resume:
-                    gc.enable()
+                if self._holders == 0:
+                    if self._resume_gc:
+                        gc.enable()
+                    # sys.setswitchinterval keeps a microsecond's resolution at best.
+                    ours = abs(sys.getswitchinterval() - _SWITCH_INTERVAL_S) < 1e-6
+                    if self._interval is not None and ours:
+                        sys.setswitchinterval(self._interval)
 
 
-_gc_paused = _GcPause()
+_range_work = _RangeWork()
 
 
 @dataclass
@@ -158,7 +183,7 @@ def _fetch(
     unconfirmed window (to find a fork point later), the range end (the cursor), and blocks
     whose logs do not carry their block's time. Touches nothing shared: it runs in the
     reading thread too."""
-    with _gc_paused():
+    with _range_work():
         return _read_range(
             rpc, decoder, contracts, confirmations, first, end, head, finalized, limit
         )
@@ -236,6 +261,9 @@ class _Oversized(Exception):
 
 # SQLite: the write-ahead log is started over once it holds this much (see _await_checkpoint).
 _WAL_LIMIT_BYTES = 256 * 2**20
+# SQLite: a checkpoint is started once this many events were committed since the last one
+# began (about 80 MB of log), and whenever the mirror has caught up with the head.
+_CHECKPOINT_EVENTS = 60_000
 
 # An answer holding more logs than this many times `target_logs` is read again, smaller:
 # a batch is never much larger than the target, so memory stays flat.
@@ -308,8 +336,13 @@ class Indexer:
             ":memory:",
         )
         self._checkpointer: _Worker | None = None
-        self._checkpoint: Future[int] | None = None
-        self._wal_bytes = 0  # the log's size, as the last checkpoint found it
+        self._checkpoint: Future[None] | None = None
+        # Checked out of the pool for the indexer's life: otherwise, while a checkpoint
+        # held the pool's warmest connection, a write would take another, and in time
+        # every pooled connection would grow the writer's page cache.
+        self._checkpoint_connection: Any = None
+        self._unchecked_events = 0  # committed since the last checkpoint began
+        self._unchecked_commits = 0
         self._closers: list[weakref.finalize[Any, Any]] = []
         self._pending: _Pending | None = None  # the next range, being read
         self._prepared: _Prepared | None = None  # the next range, read and turned into rows
@@ -329,12 +362,15 @@ class Indexer:
             closer.detach()
         self._closers = []
         if self._checkpoint is not None:
-            self._checkpoint_result(self._checkpoint)
+            self._checkpoint.result()
             self._checkpoint = None
         for worker in (self._reader, self._writer, self._checkpointer):
             if worker is not None:
                 worker.close(timeout)
         self._reader = self._writer = self._checkpointer = None
+        if self._checkpoint_connection is not None:
+            self._checkpoint_connection.close()
+            self._checkpoint_connection = None
 
     def _worker(self, name: str, on_exit: Callable[[], None] | None = None) -> _Worker:
         worker = _Worker(name, on_exit)
@@ -494,7 +530,7 @@ class Indexer:
     def sync_once(self) -> SyncResult | None:
         """Indexes the next range (committed when this returns); None when the mirror is at
         the head."""
-        with _gc_paused():
+        with _range_work():
             return self._sync_once()
 
     def _sync_once(self) -> SyncResult | None:
@@ -511,6 +547,8 @@ class Indexer:
                 return self._handle_reorg(last, head)
         if head == last:
             self._pending = self._prepared = None
+            if self._unchecked_commits:
+                self._checkpoint_in_background()  # caught up: a quiet moment
             return None
         cursor = (last, last_hash, finalized)
         prepared = self._take_prepared(cursor, head)
@@ -534,11 +572,13 @@ class Indexer:
                 self._await_checkpoint()
                 with self._engine.begin() as conn:
                     prepared = self._prepare(conn, fetched, checked, cursor, new_finalized, {})
+                    del fetched  # its logs are rows now: not held while they are written
                     self._write_rows(conn, prepared)
-                self._checkpoint_in_background()
+                self._committed(prepared)
                 return SyncResult(prepared.first, prepared.end, prepared.events, head)
             with self._engine.connect() as reader:
                 prepared = self._prepare(reader, fetched, checked, cursor, new_finalized, {})
+            del fetched  # as above, while the next range is read and prepared too
         self._write_and_prepare_next(prepared, head)
         return SyncResult(prepared.first, prepared.end, prepared.events, head)
 
@@ -679,47 +719,65 @@ class Indexer:
         self._await_checkpoint()
         with self._engine.begin() as conn:
             self._write_rows(conn, prepared)
-        self._checkpoint_in_background()
+        self._committed(prepared)
+
+    def _committed(self, prepared: _Prepared) -> None:
+        self._unchecked_events += prepared.events
+        self._unchecked_commits += 1
+        if self._unchecked_events >= _CHECKPOINT_EVENTS or self._wal_full():
+            # Past the limit the next write waits until the log is all copied, to start it
+            # over: copied now, while the next range is prepared, it finds nothing left.
+            self._checkpoint_in_background()
 
     def _checkpoint_in_background(self) -> None:
-        """SQLite (a file): after a commit, the write-ahead log is copied into the database
-        file in a thread of its own while the next ranges are prepared and written, instead
-        of in the commit (SQLite's default, which holds up the indexer for about as long as
-        preparing a range takes). See `_await_checkpoint` for how the log stays bounded."""
+        """SQLite (a file): the write-ahead log is copied into the database file in a thread
+        of its own while the next ranges are prepared and written, instead of in a commit
+        (SQLite's default, which holds up the indexer for about as long as preparing a range
+        takes); every `_CHECKPOINT_EVENTS` events rather than after every range, which
+        copies the pages that every range rewrites (the upper levels of each index, the
+        projections) once instead of once a range, and when the mirror has caught up. See
+        `_await_checkpoint` for how the log stays bounded."""
         if not self._checkpoints or (self._checkpoint and not self._checkpoint.done()):
             return  # the next commit asks again
-        if self._checkpoint is not None:
-            self._wal_bytes = self._checkpoint_result(self._checkpoint)
+        self._unchecked_events = self._unchecked_commits = 0
         if self._checkpointer is None:
             self._checkpointer = self._worker("indexer-checkpoint")
-        engine = self._engine
-        self._checkpoint = self._checkpointer.submit(lambda: repository.checkpoint_wal(engine))
+        self._checkpoint = self._checkpointer.submit(self._checkpoint_now)
 
     def _await_checkpoint(self) -> None:
         """Before a write. While checkpoints run beside the writes, SQLite cannot start the
-        log over (a frame is always left to copy), so it grows; past `_WAL_LIMIT_BYTES` this
-        write waits for the running checkpoint and copies the rest itself, and so starts
-        the log over: it never holds more than about that much."""
+        log over (a frame is always left to copy), so it grows; once it holds
+        `_WAL_LIMIT_BYTES` this write waits for the running checkpoint, if any, and copies
+        the rest itself, and so starts the log over (and truncates its file: see
+        `repository.defer_wal_checkpoints`): it never holds much more than that."""
+        if not self._wal_full():
+            return
         checkpoint, self._checkpoint = self._checkpoint, None
-        if checkpoint is None:
-            return
-        if not checkpoint.done() and self._wal_bytes < _WAL_LIMIT_BYTES:
-            self._checkpoint = checkpoint  # let it run on
-            return
-        self._wal_bytes = self._checkpoint_result(checkpoint)
-        if self._wal_bytes >= _WAL_LIMIT_BYTES:
-            repository.checkpoint_wal(self._engine)
-            self._wal_bytes = 0  # all copied: this write starts the log over
+        if checkpoint is not None:
+            checkpoint.result()
+        self._checkpoint_now()
+        self._unchecked_events = self._unchecked_commits = 0
 
-    @staticmethod
-    def _checkpoint_result(checkpoint: Future[int]) -> int:
+    def _checkpoint_now(self) -> None:
+        """A checkpoint, on the indexer's own connection for them. A failure is logged, not
+        raised: nothing is lost (the log keeps what was not copied, the next checkpoint
+        copies it, and readers read it from the log meanwhile)."""
         try:
-            return checkpoint.result()
+            if self._checkpoint_connection is None:
+                self._checkpoint_connection = repository.checkpoint_connection(self._engine)
+            repository.checkpoint_wal(self._checkpoint_connection)
         except Exception:
-            # Nothing is lost: the log keeps what was not copied, the next checkpoint copies
-            # it (and SQLite's readers read it from the log meanwhile).
             log.warning("checkpointing the SQLite write-ahead log failed", exc_info=True)
-            return 0
+
+    def _wal_full(self) -> bool:
+        """SQLite (a file): whether the write-ahead log holds `_WAL_LIMIT_BYTES` (its file's
+        size is the log's: it is truncated when the log starts over)."""
+        if not self._checkpoints:
+            return False
+        try:
+            return os.path.getsize(f"{self._engine.url.database}-wal") >= _WAL_LIMIT_BYTES
+        except FileNotFoundError:
+            return False
 
     def _write_rows(self, conn: Connection, prepared: _Prepared) -> None:
         chain_id = self._config.chain_id

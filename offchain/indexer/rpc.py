@@ -219,6 +219,10 @@ def _read_bounded(response: requests.Response, max_logs: int) -> bytes:
             read += len(chunk)
             if logs > max_logs:
                 total = int(response.headers.get("Content-Length") or 0)
+                # The error's traceback keeps this frame, and so what was read, alive for
+                # as long as the error is kept (the indexer holds it until the range is
+                # read again, smaller): up to 1.5 ranges' worth of bytes, for nothing.
+                chunks.clear()
                 raise TooManyLogs(logs * total // read if total > read else logs)
             chunks.append(chunk)
     finally:

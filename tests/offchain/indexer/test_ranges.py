@@ -266,12 +266,11 @@ def test_close_stops_the_background_threads(window: Mirror) -> None:
         RpcClient(window.rpc_url),
         window.config(initial_range=2, target_logs=4, overlap_writes=True),
     ) as indexer:
-        assert indexer.sync_once() is not None
-        assert indexer.sync_once() is not None
+        assert len(sync_to_head(indexer)) >= 2
         started = {t for t in threading.enumerate() if t.name.startswith("indexer-")} - before
         expected = {"indexer-read", "indexer-write"}
         if window.engine.dialect.name == "sqlite":
-            expected.add("indexer-checkpoint")  # copies the write-ahead log after commits
+            expected.add("indexer-checkpoint")  # copies the write-ahead log at the head
         assert {t.name for t in started} == expected
     assert not any(t.is_alive() for t in started)
     # A closed indexer still works (without its threads, until it starts them again).
@@ -279,22 +278,50 @@ def test_close_stops_the_background_threads(window: Mirror) -> None:
     indexer.close()
 
 
-@pytest.mark.parametrize("wal_limit", [1, 2**40])
+@pytest.mark.parametrize(
+    ("checkpoint_events", "wal_limit", "checkpoints"),
+    [(1, 1, "every write"), (1, 2**40, "every range"), (2**40, 2**40, "once, at the head")],
+    ids=["log-limit", "every-range", "at-head"],
+)
 def test_sqlite_copies_the_write_ahead_log_beside_the_writes(
-    window: Mirror, other_engine: Engine, monkeypatch: pytest.MonkeyPatch, wal_limit: int
+    window: Mirror,
+    other_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    checkpoint_events: int,
+    wal_limit: int,
+    checkpoints: str,
 ) -> None:
-    """SQLite: commits leave the write-ahead log to a checkpoint thread; once the log passes
-    the limit a write waits and copies the rest itself, so the log starts over. Either way
-    nothing is lost and, once the indexer is closed, the log is all in the database."""
+    """SQLite: commits leave the write-ahead log to a checkpoint thread, every so many
+    events and once the mirror is at the head; once the log passes the limit a write waits
+    and copies the rest itself, so the log starts over. Either way nothing is lost and,
+    once the indexer is closed, the log is all in the database."""
     if window.engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL manages its own write-ahead log")
+    monkeypatch.setattr(indexer_module, "_CHECKPOINT_EVENTS", checkpoint_events)
     monkeypatch.setattr(indexer_module, "_WAL_LIMIT_BYTES", wal_limit)
+    runs: list[str] = []
+    checkpoint_wal = repository.checkpoint_wal
+
+    def counted(raw: Any) -> None:
+        runs.append(threading.current_thread().name)
+        checkpoint_wal(raw)
+
+    monkeypatch.setattr(repository, "checkpoint_wal", counted)
     indexer = Indexer(
         window.engine, RpcClient(window.rpc_url), window.config(initial_range=2, target_logs=4)
     )
     with indexer:
-        assert len(sync_to_head(indexer)) >= 5
+        ranges = sync_to_head(indexer)
+        assert len(ranges) >= 5
         assert "indexer-checkpoint" in {t.name for t in threading.enumerate()}
+    in_background = runs.count("indexer-checkpoint")
+    in_writes = len(runs) - in_background
+    if checkpoints == "every write":
+        assert in_writes >= len(ranges) - 1  # each write found the log over the limit
+    elif checkpoints == "every range":
+        assert in_writes == 0 and in_background >= 2
+    else:
+        assert runs == ["indexer-checkpoint"]
     with window.engine.connect() as conn:
         busy, in_log, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
     assert busy == 0 and in_log == copied

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from offchain.indexer import rpc as rpc_module
 from offchain.indexer.indexer import Indexer
 from offchain.indexer.rpc import (
     NodeUnavailable,
@@ -193,6 +195,26 @@ def test_an_answer_with_too_many_logs_is_abandoned_before_it_is_read(scripted: A
     assert len(client.get_logs([], [], 0, 100, max_logs=10)) == 7
     assert len(client.get_logs([], [], 0, 100)) == 2_000  # no limit: read whole
     assert client.chain_id() > 0  # forwarded to the node: the session still works
+
+
+def test_an_abandoned_answer_is_not_kept_alive_by_the_error(scripted: Any) -> None:
+    """What was read of an answer over the limit is freed when it is abandoned, not kept by
+    the error's traceback for as long as the error is (the indexer keeps it until it reads
+    the range again, smaller)."""
+    big = {"jsonrpc": "2.0", "result": [_fake_log(n) for n in range(20_000)]}  # ~22 MB
+    client = RpcClient(scripted([(200, big)]).url)
+    tracemalloc.start(64)
+    try:
+        with pytest.raises(TooManyLogs) as raised:
+            client.get_logs([], [], 0, 100, max_logs=15_000)
+        kept = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, rpc_module.__file__, all_frames=True)]
+        )
+    finally:
+        tracemalloc.stop()
+    assert raised.value.logs > 15_000  # it was read up to the limit (about 16 MB)...
+    retained = sum(stat.size for stat in kept.statistics("filename"))
+    assert retained < 1_000_000  # ...and none of it is left while the error is held
 
 
 def test_unknown_blocks_are_an_error(rpc_url: str, chain: Any) -> None:
