@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from web3 import Web3
 
+from offchain.cli_support import DatabaseOption
 from offchain.config import Settings, default_confirmations
 from offchain.db.engine import make_engine, upgrade_schema
 from offchain.ha import LeaderLock
@@ -23,6 +24,7 @@ from offchain.indexer.rpc import NodeUnavailable, RpcClient
 from offchain.keeper.chain import Chain
 from offchain.keeper.dunning import DEFAULT_RETRY_SCHEDULE, parse_retry_schedule
 from offchain.keeper.keeper import Keeper, KeeperConfig, PassResult
+from offchain.keeper.locks import idle_senders, keeper_lock
 from offchain.manifest import Manifest, ManifestError
 from offchain.reconcile import reconcile as reconcile_mirror
 
@@ -33,9 +35,6 @@ app = typer.Typer(
 console = Console(stderr=True)
 _ENV = Settings.from_env()
 
-DatabaseOption = Annotated[
-    str, typer.Option(envvar="DATABASE_URL", help="sqlite:///path or postgresql://...")
-]
 RpcOption = Annotated[str, typer.Option(envvar="RPC_URL", help="JSON-RPC URL of the node.")]
 ManifestOption = Annotated[
     Path,
@@ -280,8 +279,7 @@ def keeper(
     chain = Chain(rpc, deployment.chain_id, manager, private_key)
     # One process per key: two would fight over its nonces. On SQLite, one keeper at all
     # (no row locks to share the work with).
-    scope = chain.sender if engine.dialect.name == "postgresql" else "all"
-    lock = LeaderLock(engine, f"chainbill-keeper:{deployment.chain_id}:{scope}")
+    lock = keeper_lock(engine, deployment.chain_id, chain.sender)
     if not lock.acquire(
         stop,
         on_wait=lambda: console.print(
@@ -308,7 +306,9 @@ def keeper(
             retry_schedule=schedule,
             at_risk_days=at_risk_days,
         )
-        worker = Keeper(engine, chain, config)
+        worker = Keeper(
+            engine, chain, config, sender_idle=idle_senders(engine, deployment.chain_id)
+        )
         console.print(f"keeper {chain.sender} on chain {deployment.chain_id}")
 
         def report(result: PassResult) -> None:

@@ -7,14 +7,12 @@ from typing import Annotated
 import typer
 
 from offchain import apikeys
+from offchain.cli_support import DatabaseOption, open_mirror
 from offchain.config import Settings
-from offchain.db.engine import make_engine, upgrade_schema
 
 keys_app = typer.Typer(help="Merchant API keys for the gateway.", no_args_is_help=True)
 _ENV = Settings.from_env()
-DatabaseOption = Annotated[
-    str, typer.Option(envvar="DATABASE_URL", help="sqlite:///path or postgresql://...")
-]
+_REFUSALS = (apikeys.ApiKeyError,)
 
 
 @keys_app.command("create")
@@ -24,16 +22,8 @@ def create(
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
     """Create a key. It is printed once: store it now, only its hash is kept."""
-    engine = make_engine(database_url)
-    upgrade_schema(engine)
-    try:
-        with engine.begin() as conn:
-            created = apikeys.create_key(conn, merchant, name)
-    except apikeys.ApiKeyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=True, refusals=_REFUSALS) as conn:
+        created = apikeys.create_key(conn, merchant, name)
     typer.echo(created.key)
     typer.echo(
         f"key {created.prefix} for merchant {created.merchant} ({created.name}); shown only now",
@@ -47,16 +37,8 @@ def list_keys(
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
     """List keys (prefix, merchant, name, created, revoked); never the secrets."""
-    engine = make_engine(database_url)
-    upgrade_schema(engine)
-    try:
-        with engine.connect() as conn:
-            keys = apikeys.list_keys(conn, merchant)
-    except apikeys.ApiKeyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=False, refusals=_REFUSALS) as conn:
+        keys = apikeys.list_keys(conn, merchant)
     for key in keys:
         revoked = key.revoked_at.isoformat() if key.revoked_at else "live"
         typer.echo(
@@ -70,14 +52,6 @@ def revoke(
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
     """Revoke a key: requests with it are refused from now on."""
-    engine = make_engine(database_url)
-    upgrade_schema(engine)
-    try:
-        with engine.begin() as conn:
-            apikeys.revoke_key(conn, prefix)
-    except apikeys.ApiKeyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=True, refusals=_REFUSALS) as conn:
+        apikeys.revoke_key(conn, prefix)
     typer.echo(f"revoked {prefix}")

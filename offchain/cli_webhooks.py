@@ -1,5 +1,6 @@
-"""`chainbill webhooks add|list|rotate|disable|enable|delete|deliveries|replay|run`: merchants'
-webhook endpoints, the delivery log, and the worker that produces and delivers events."""
+"""`chainbill webhooks add|list|rotate|disable|enable|delete|deliveries|replay|seal-secrets|run`:
+merchants' webhook endpoints, the delivery log, sealing their secrets at rest, and the worker
+that produces and delivers events."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy import Engine
 
+from offchain.cli_support import DatabaseOption, fail, open_mirror
 from offchain.config import Settings
 from offchain.db import webhook_repository
 from offchain.db.engine import make_engine, upgrade_schema
@@ -20,26 +21,14 @@ from offchain.manifest import Manifest, ManifestError
 from offchain.webhooks import endpoints
 from offchain.webhooks.delivery import Deliverer, DeliveryPolicy, Worker
 from offchain.webhooks.reminders import ReminderConfig, parse_days
+from offchain.webhooks.sealing import SECRETS_KEY_ENV, SealingError, check_key, reseal
 
 webhooks_app = typer.Typer(
     help="Outgoing webhooks: merchants' endpoints, deliveries, and the worker.",
     no_args_is_help=True,
 )
 _ENV = Settings.from_env()
-DatabaseOption = Annotated[
-    str, typer.Option(envvar="DATABASE_URL", help="sqlite:///path or postgresql://...")
-]
-
-
-def _engine(database_url: str) -> Engine:
-    engine = make_engine(database_url)
-    upgrade_schema(engine)
-    return engine
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
+_REFUSALS = (endpoints.WebhookError, SealingError)
 
 
 @webhooks_app.command("add")
@@ -57,21 +46,15 @@ def add(
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
     """Register an endpoint. Its signing secret is printed once: store it now."""
-    engine = _engine(database_url)
-    try:
-        with engine.begin() as conn:
-            created = endpoints.create_endpoint(
-                conn,
-                merchant,
-                url,
-                description=description,
-                event_types=event_type or None,
-                include_unconfirmed=include_unconfirmed,
-            )
-    except endpoints.WebhookError as exc:
-        raise _fail(exc) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=True, refusals=_REFUSALS) as conn:
+        created = endpoints.create_endpoint(
+            conn,
+            merchant,
+            url,
+            description=description,
+            event_types=event_type or None,
+            include_unconfirmed=include_unconfirmed,
+        )
     typer.echo(created.secret)
     typer.echo(
         f"endpoint {created.endpoint.public_id} for {created.endpoint.merchant} -> "
@@ -86,14 +69,8 @@ def list_endpoints(
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
     """List endpoints (id, merchant, URL, enabled, unconfirmed, event types); no secrets."""
-    engine = _engine(database_url)
-    try:
-        with engine.connect() as conn:
-            found = endpoints.list_endpoints(conn, merchant)
-    except endpoints.WebhookError as exc:
-        raise _fail(exc) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=False, refusals=_REFUSALS) as conn:
+        found = endpoints.list_endpoints(conn, merchant)
     for e in found:
         types = ",".join(endpoints.event_types_of(e) or ["*"])
         typer.echo(
@@ -112,27 +89,15 @@ def rotate(
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
     """A new signing secret, printed once; the old one also signs for `--grace` seconds."""
-    engine = _engine(database_url)
-    try:
-        with engine.begin() as conn:
-            rotated = endpoints.rotate_secret(conn, endpoint_id, None, grace_s=grace)
-    except endpoints.WebhookError as exc:
-        raise _fail(exc) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=True, refusals=_REFUSALS) as conn:
+        rotated = endpoints.rotate_secret(conn, endpoint_id, None, grace_s=grace)
     typer.echo(rotated.secret)
     typer.echo(f"rotated {endpoint_id}; the old secret signs too for {grace} s", err=True)
 
 
 def _set_enabled(endpoint_id: str, enabled: bool, database_url: str) -> None:
-    engine = _engine(database_url)
-    try:
-        with engine.begin() as conn:
-            endpoints.set_enabled(conn, endpoint_id, None, enabled)
-    except endpoints.WebhookError as exc:
-        raise _fail(exc) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=True, refusals=_REFUSALS) as conn:
+        endpoints.set_enabled(conn, endpoint_id, None, enabled)
     typer.echo(f"{'enabled' if enabled else 'disabled'} {endpoint_id}")
 
 
@@ -160,14 +125,8 @@ def delete(
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
     """Delete an endpoint: no new events; deliveries not made yet are canceled."""
-    engine = _engine(database_url)
-    try:
-        with engine.begin() as conn:
-            endpoints.delete_endpoint(conn, endpoint_id, None)
-    except endpoints.WebhookError as exc:
-        raise _fail(exc) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=True, refusals=_REFUSALS) as conn:
+        endpoints.delete_endpoint(conn, endpoint_id, None)
     typer.echo(f"deleted {endpoint_id}")
 
 
@@ -182,19 +141,13 @@ def list_deliveries(
 ) -> None:
     """The delivery log, newest first: id, event, type, endpoint, status, attempts, last
     status code or error, next attempt."""
-    engine = _engine(database_url)
-    try:
-        with engine.connect() as conn:
-            who = None if merchant is None else endpoints.normalize_merchant(merchant)
-            rows = webhook_repository.list_deliveries(
-                conn, who, status=None if status is None else status.value, limit=limit
-            )
-            events = webhook_repository.events_by_ids(conn, [d.event_id for d in rows])
-            hooks = webhook_repository.endpoints_by_ids(conn, [d.endpoint_id for d in rows])
-    except endpoints.WebhookError as exc:
-        raise _fail(exc) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=False, refusals=_REFUSALS) as conn:
+        who = None if merchant is None else endpoints.normalize_merchant(merchant)
+        rows = webhook_repository.list_deliveries(
+            conn, who, status=None if status is None else status.value, limit=limit
+        )
+        events = webhook_repository.events_by_ids(conn, [d.event_id for d in rows])
+        hooks = webhook_repository.endpoints_by_ids(conn, [d.endpoint_id for d in rows])
     for d in rows:
         event = events[d.event_id]
         last = d.last_error or (str(d.last_status_code) if d.last_status_code else "-")
@@ -211,15 +164,28 @@ def replay(
     database_url: DatabaseOption = _ENV.database_url,
 ) -> None:
     """Send a failed delivery again (the worker picks it up at once)."""
-    engine = _engine(database_url)
-    try:
-        with engine.begin() as conn:
-            endpoints.replay(conn, delivery_id, None)
-    except endpoints.WebhookError as exc:
-        raise _fail(exc) from exc
-    finally:
-        engine.dispose()
+    with open_mirror(database_url, write=True, refusals=_REFUSALS) as conn:
+        endpoints.replay(conn, delivery_id, None)
     typer.echo(f"replaying {delivery_id}")
+
+
+@webhooks_app.command("seal-secrets")
+def seal_secrets(database_url: DatabaseOption = _ENV.database_url) -> None:
+    """Seal every stored signing secret under the first key of CHAINBILL_WEBHOOK_SECRETS_KEY
+    (clear ones, and ones sealed under an older key): after setting the key, or rotating it."""
+    with open_mirror(database_url, write=True, refusals=_REFUSALS) as conn:
+        if not check_key():
+            raise SealingError(f"set {SECRETS_KEY_ENV} first: there is nothing to seal with")
+        sealed = 0
+        for endpoint in webhook_repository.all_endpoints(conn):
+            values = {
+                name: reseal(stored)
+                for name in ("secret", "previous_secret")
+                if (stored := getattr(endpoint, name)) is not None
+            }
+            webhook_repository.update_endpoint(conn, endpoint.id, values)
+            sealed += len(values)
+    typer.echo(f"sealed {sealed} secret(s) under the first key of {SECRETS_KEY_ENV}")
 
 
 @webhooks_app.command("run")
@@ -248,8 +214,9 @@ def run(
     try:
         deployment = Manifest.load(manifest)
         reminders = ReminderConfig(parse_days(remind_before), parse_days(remind_after))
-    except (ManifestError, ValueError) as exc:
-        raise _fail(exc) from exc
+        check_key()
+    except (ManifestError, ValueError, SealingError) as exc:
+        raise fail(exc) from exc
     stop = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:
@@ -259,7 +226,8 @@ def run(
     if not once:
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
-    engine = _engine(database_url)
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
     policy = DeliveryPolicy(
         max_attempts=max_attempts,
         base_delay_s=base_delay,

@@ -119,3 +119,45 @@ def test_run_stops_cleanly_on_sigterm(
     assert process.returncode == 0, err
     assert b"received SIGTERM" in err
     assert len(receiver.processed_ids()) == 2
+
+
+def _webhooks(engine: Engine, *args: str) -> Any:
+    url = engine.url.render_as_string(hide_password=False)
+    return CliRunner().invoke(app, ["webhooks", *args, "--database-url", url])
+
+
+def test_endpoint_management_commands(engine: Engine) -> None:
+    merchant = "0x" + "ab" * 20
+    added = _webhooks(engine, "add", "--merchant", merchant, "--url", "https://crm.example/hook")
+    assert added.exit_code == 0, added.stderr
+    secret = added.stdout.strip()
+    assert secret.startswith("whsec_") and "the secret is shown only now" in added.stderr
+    endpoint_id = added.stderr.split()[1]
+    listed = _webhooks(engine, "list", "--merchant", merchant).stdout.rstrip("\n").split("\t")
+    assert listed[0] == endpoint_id and listed[1].lower() == merchant
+    assert listed[2:] == ["https://crm.example/hook", "enabled", "final", "*"]
+    assert secret not in "\t".join(listed)
+
+    rotated = _webhooks(engine, "rotate", endpoint_id, "--grace", "0")
+    assert rotated.exit_code == 0 and rotated.stdout.strip() not in ("", secret)
+    assert _webhooks(engine, "disable", endpoint_id).stdout.strip() == f"disabled {endpoint_id}"
+    assert "\tdisabled\t" in _webhooks(engine, "list").stdout
+    assert _webhooks(engine, "enable", endpoint_id).stdout.strip() == f"enabled {endpoint_id}"
+    assert _webhooks(engine, "deliveries").stdout == ""
+
+    # Failures: exit 2 with the reason, and nothing written.
+    bad_url = _webhooks(engine, "add", "--merchant", merchant, "--url", "ftp://crm.example/")
+    assert bad_url.exit_code == 2 and bad_url.stderr.startswith("error: ")
+    bad_merchant = _webhooks(engine, "add", "--merchant", "nobody", "--url", "https://x.example/")
+    assert bad_merchant.exit_code == 2 and "nobody" in bad_merchant.stderr
+    for command in ("rotate", "disable", "delete"):
+        missing = _webhooks(engine, command, "we_missing")
+        assert missing.exit_code == 2 and "we_missing" in missing.stderr, command
+    replay = _webhooks(engine, "replay", "whd_missing")
+    assert replay.exit_code == 2 and "whd_missing" in replay.stderr
+    with engine.connect() as conn:
+        assert [e.public_id for e in endpoints.list_endpoints(conn, None)] == [endpoint_id]
+
+    assert _webhooks(engine, "delete", endpoint_id).stdout.strip() == f"deleted {endpoint_id}"
+    assert _webhooks(engine, "list").stdout == ""
+    assert _webhooks(engine, "delete", endpoint_id).exit_code == 2
