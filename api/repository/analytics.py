@@ -18,8 +18,8 @@ from api.repository.lookups import (
     fetch_dicts,
     list_subscriptions,
     table,
-    with_subscription_and_plan,
 )
+from offchain.db.joins import with_subscription_and_plan
 from offchain.db.models import (
     Base,
     Invoice,

@@ -26,6 +26,7 @@ from sqlalchemy import (
     union_all,
 )
 
+from offchain.db.joins import same_row
 from offchain.db.models import (
     Base,
     Block,
@@ -53,12 +54,7 @@ def _by_key(table: Table) -> Any:
 
 # An invoice and its stored document, if any.
 _INVOICE_AND_DOCUMENT = _INVOICES.outerjoin(
-    _DOCUMENTS,
-    and_(
-        _DOCUMENTS.c.chain_id == _INVOICES.c.chain_id,
-        _DOCUMENTS.c.contract == _INVOICES.c.contract,
-        _DOCUMENTS.c.invoice_id == _INVOICES.c.invoice_id,
-    ),
+    _DOCUMENTS, same_row(_DOCUMENTS, _INVOICES, "invoice_id")
 )
 _INVOICE_WITH_DOCUMENT = (
     select(_INVOICES, *(c.label(_DOC + c.name) for c in _DOCUMENTS.c))

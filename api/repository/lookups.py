@@ -16,7 +16,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
-    Table,
     and_,
     literal,
     null,
@@ -27,6 +26,7 @@ from sqlalchemy import (
     union_all,
 )
 
+from offchain.db.joins import same_row, with_invoice, with_plan, with_subscription_and_plan
 from offchain.db.models import (
     Base,
     Charge,
@@ -61,26 +61,6 @@ class Deployment:
 
 def fetch_dicts(conn: Connection, query: Any) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(query)]
-
-
-def with_subscription_and_plan(fact: Table) -> Any:
-    """A subscription fact table joined to its subscription and that one's plan."""
-    sub, plan = table(Subscription), table(Plan)
-    return fact.join(
-        sub,
-        and_(
-            sub.c.chain_id == fact.c.chain_id,
-            sub.c.contract == fact.c.contract,
-            sub.c.subscription_id == fact.c.subscription_id,
-        ),
-    ).join(
-        plan,
-        and_(
-            plan.c.chain_id == sub.c.chain_id,
-            plan.c.contract == sub.c.contract,
-            plan.c.plan_id == sub.c.plan_id,
-        ),
-    )
 
 
 # ---------------------------------------------------------------------- invoices
@@ -190,16 +170,7 @@ def _subscriptions_with_plans(where: Deployment) -> Select[Any]:
             *(sub.c[name] for name in SUBSCRIPTION_COLUMNS),
             *(plan.c[name] for name in PLAN_COLUMNS),
         )
-        .select_from(
-            sub.join(
-                plan,
-                and_(
-                    plan.c.chain_id == sub.c.chain_id,
-                    plan.c.contract == sub.c.contract,
-                    plan.c.plan_id == sub.c.plan_id,
-                ),
-            )
-        )
+        .select_from(with_plan(sub))
         .where(sub.c.chain_id == where.chain_id, sub.c.contract == where.manager)
     )
 
@@ -388,17 +359,7 @@ def usage_charges(
             ch.c.period_start,
             ch.c.amount.label("charge_amount"),
         )
-        .select_from(
-            uc.join(
-                ch,
-                and_(
-                    ch.c.chain_id == uc.c.chain_id,
-                    ch.c.contract == uc.c.contract,
-                    ch.c.tx_hash == uc.c.tx_hash,
-                    ch.c.subscription_id == uc.c.subscription_id,
-                ),
-            )
-        )
+        .select_from(uc.join(ch, same_row(ch, uc, "tx_hash", "subscription_id")))
         .where(
             uc.c.chain_id == where.chain_id,
             uc.c.contract == where.manager,
@@ -420,17 +381,6 @@ def statement_charges(
         ChargeFilter(merchant=merchant, subscriber=subscriber, time_to=before),
         None,
         None,
-    )
-
-
-def _invoice_join(fact: Table, inv: Table) -> Any:
-    return fact.join(
-        inv,
-        and_(
-            inv.c.chain_id == fact.c.chain_id,
-            inv.c.contract == fact.c.contract,
-            inv.c.invoice_id == fact.c.invoice_id,
-        ),
     )
 
 
@@ -465,7 +415,7 @@ def statement_invoice_lines(
                 (fact.c.fee if model is InvoicePayment else null()).label("fee"),
                 (fact.c[party] if party is not None else null()).label("counterparty"),
             )
-            .select_from(_invoice_join(fact, inv))
+            .select_from(with_invoice(fact))
             .where(
                 fact.c.chain_id == where.chain_id,
                 fact.c.contract == where.registry,

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from offchain.db.joins import same_row, with_plan, with_subscription_and_plan
 from offchain.db.models import (
     UNRESOLVED_TX_STATUSES,
     KeeperSubscription,
@@ -53,24 +54,6 @@ def _insert(conn: Connection, table: Table) -> Any:
     return sqlite.insert(table)
 
 
-def _joined() -> Any:
-    return _W.join(
-        _S,
-        and_(
-            _S.c.chain_id == _W.c.chain_id,
-            _S.c.contract == _W.c.contract,
-            _S.c.subscription_id == _W.c.subscription_id,
-        ),
-    ).join(
-        _P,
-        and_(
-            _P.c.chain_id == _S.c.chain_id,
-            _P.c.contract == _S.c.contract,
-            _P.c.plan_id == _S.c.plan_id,
-        ),
-    )
-
-
 @dataclass(frozen=True)
 class Candidate:
     subscription_id: int
@@ -89,13 +72,7 @@ def ensure_rows(
             _S.c.contract == contract,
             _S.c.state == SubscriptionState.LIVE.value,
             _S.c.paid_through <= due_before,
-            ~select(_W.c.subscription_id)
-            .where(
-                _W.c.chain_id == _S.c.chain_id,
-                _W.c.contract == _S.c.contract,
-                _W.c.subscription_id == _S.c.subscription_id,
-            )
-            .exists(),
+            ~select(_W.c.subscription_id).where(same_row(_W, _S, "subscription_id")).exists(),
         )
         .order_by(_S.c.subscription_id)
     )
@@ -153,7 +130,7 @@ def _claim(
 ) -> list[Candidate]:
     query = (
         select(_W.c.subscription_id, _due_at.label("due_at"))
-        .select_from(_joined())
+        .select_from(with_subscription_and_plan(_W))
         .where(
             _W.c.chain_id == chain_id,
             _W.c.contract == contract,
@@ -362,6 +339,21 @@ def unresolved_transactions(
     return [KeeperTransaction(**r._mapping) for r in rows]
 
 
+def senders_with_unresolved(conn: Connection, chain_id: int, but: str) -> list[str]:
+    """The keys other than `but` that have transactions pending or mined, not yet final."""
+    rows = conn.execute(
+        select(_TX.c.sender)
+        .distinct()
+        .where(
+            _TX.c.chain_id == chain_id,
+            _TX.c.sender != but,
+            _TX.c.status.in_([s.value for s in UNRESOLVED_TX_STATUSES]),
+        )
+        .order_by(_TX.c.sender)
+    )
+    return [str(sender) for sender in rows.scalars()]
+
+
 def attempts_of(conn: Connection, tx_ids: Sequence[int]) -> dict[int, list[KeeperTxAttempt]]:
     """Each transaction's attempts, oldest first."""
     out: dict[int, list[KeeperTxAttempt]] = {i: [] for i in tx_ids}
@@ -500,16 +492,7 @@ def grace_periods(
         return {}
     rows = conn.execute(
         select(_S.c.subscription_id, _P.c.grace_period)
-        .select_from(
-            _S.join(
-                _P,
-                and_(
-                    _P.c.chain_id == _S.c.chain_id,
-                    _P.c.contract == _S.c.contract,
-                    _P.c.plan_id == _S.c.plan_id,
-                ),
-            )
-        )
+        .select_from(with_plan(_S))
         .where(
             _S.c.chain_id == chain_id,
             _S.c.contract == contract,
@@ -556,7 +539,7 @@ def upcoming_charges(
     """Live subscriptions (not ending) whose next charge falls due in (after, until]."""
     rows = conn.execute(
         select(_W.c.subscription_id, _S.c.subscriber, _P.c.token, _due_at.label("due_at"))
-        .select_from(_joined())
+        .select_from(with_subscription_and_plan(_W))
         .where(
             _W.c.chain_id == chain_id,
             _W.c.contract == contract,

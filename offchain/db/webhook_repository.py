@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from offchain.db.joins import with_invoice, with_plan, with_subscription_and_plan
 from offchain.db.models import (
     Base,
     Block,
@@ -21,6 +22,7 @@ from offchain.db.models import (
     InvoicePayment,
     InvoiceRefund,
     InvoiceSettlement,
+    KeeperSubscription,
     Plan,
     RawEvent,
     Subscription,
@@ -98,6 +100,12 @@ def live_endpoints(conn: Connection) -> list[WebhookEndpoint]:
     return [_endpoint(row) for row in conn.execute(query.order_by(WebhookEndpoint.id))]
 
 
+def all_endpoints(conn: Connection) -> list[WebhookEndpoint]:
+    """Every endpoint, deleted ones too (their secrets are still stored)."""
+    query = select(table_of(WebhookEndpoint)).order_by(WebhookEndpoint.id)
+    return [_endpoint(row) for row in conn.execute(query)]
+
+
 def update_endpoint(conn: Connection, endpoint_id: int, values: dict[str, Any]) -> None:
     conn.execute(
         update(table_of(WebhookEndpoint)).where(WebhookEndpoint.id == endpoint_id).values(values)
@@ -165,10 +173,13 @@ def unconfirmed_events_undelivered(conn: Connection, chain_id: int) -> list[Webh
     return [WebhookEvent(**row._mapping) for row in conn.execute(query)]
 
 
-def raw_event_exists(conn: Connection, chain_id: int, block_hash: str, log_index: int) -> bool:
+def raw_event_exists(
+    conn: Connection, chain_id: int, block_number: int, block_hash: str, log_index: int
+) -> bool:
     row = conn.execute(
-        select(RawEvent.id).where(
+        select(RawEvent.log_index).where(
             RawEvent.chain_id == chain_id,
+            RawEvent.block_number == block_number,
             RawEvent.block_hash == block_hash,
             RawEvent.log_index == log_index,
         )
@@ -398,22 +409,7 @@ def subscription_facts(
                 plan.c.merchant,
                 plan.c.token,
             )
-            .join(
-                sub,
-                and_(
-                    sub.c.chain_id == fact.c.chain_id,
-                    sub.c.contract == fact.c.contract,
-                    sub.c.subscription_id == fact.c.subscription_id,
-                ),
-            )
-            .join(
-                plan,
-                and_(
-                    plan.c.chain_id == sub.c.chain_id,
-                    plan.c.contract == sub.c.contract,
-                    plan.c.plan_id == sub.c.plan_id,
-                ),
-            )
+            .select_from(with_subscription_and_plan(fact))
             .where(
                 fact.c.chain_id == chain_id,
                 fact.c.block_number.between(first, last),
@@ -452,14 +448,7 @@ def invoice_facts(
         own = [c for c in fact.columns if c.name not in (*_FACT_COLUMNS, "contract")]
         query = (
             select(*_fact_select(model), *own, *invoice_columns)
-            .join(
-                inv,
-                and_(
-                    inv.c.chain_id == fact.c.chain_id,
-                    inv.c.contract == fact.c.contract,
-                    inv.c.invoice_id == fact.c.invoice_id,
-                ),
-            )
+            .select_from(with_invoice(fact))
             .where(
                 fact.c.chain_id == chain_id,
                 fact.c.block_number.between(first, last),
@@ -553,14 +542,7 @@ def live_subscriptions_due_between(
     sub, plan = table_of(Subscription), table_of(Plan)
     rows = conn.execute(
         select(sub, plan.c.merchant, plan.c.token, plan.c.price, plan.c.grace_period)
-        .join(
-            plan,
-            and_(
-                plan.c.chain_id == sub.c.chain_id,
-                plan.c.contract == sub.c.contract,
-                plan.c.plan_id == sub.c.plan_id,
-            ),
-        )
+        .select_from(with_plan(sub))
         .where(
             sub.c.chain_id == chain_id,
             plan.c.merchant.in_(list(merchants)),
@@ -569,5 +551,35 @@ def live_subscriptions_due_between(
             sub.c.paid_through.between(low, high),
             sub.c.created_block <= final_block,
         )
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def subscriptions_at_risk(
+    conn: Connection, chain_id: int, merchants: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Subscriptions of `merchants`' plans that the keeper flagged at risk (the allowance
+    or balance will not cover the coming charge), with the flag's due date, amount and
+    reason, and the subscription's plan, subscriber and token."""
+    keeper, sub, plan = table_of(KeeperSubscription), table_of(Subscription), table_of(Plan)
+    rows = conn.execute(
+        select(
+            keeper.c.contract,
+            keeper.c.subscription_id,
+            keeper.c.at_risk_reason,
+            keeper.c.at_risk_due_at,
+            keeper.c.at_risk_amount,
+            sub.c.plan_id,
+            sub.c.subscriber,
+            plan.c.merchant,
+            plan.c.token,
+        )
+        .select_from(with_subscription_and_plan(keeper))
+        .where(
+            keeper.c.chain_id == chain_id,
+            keeper.c.at_risk.is_(True),
+            plan.c.merchant.in_(list(merchants)),
+        )
+        .order_by(keeper.c.at_risk_due_at, keeper.c.contract, keeper.c.subscription_id)
     )
     return [dict(row._mapping) for row in rows]
