@@ -195,7 +195,10 @@ class Chain:
         )
 
     def nonce(self, block: str) -> int:
-        return int(self.rpc.call("eth_getTransactionCount", [self.sender, block]), 16)
+        return self.nonce_of(self.sender, block)
+
+    def nonce_of(self, address: str, block: str) -> int:
+        return int(self.rpc.call("eth_getTransactionCount", [address, block]), 16)
 
     def suggested_fees(self, head: Head, min_tip: int, max_fee: int | None) -> Fees:
         """EIP-1559 fees: the node's tip suggestion (at least `min_tip`) over twice the

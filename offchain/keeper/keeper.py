@@ -9,7 +9,9 @@ One pass (`run_once`):
    first time since start, or unknown to the node, is broadcast again from its recorded raw
    bytes (same hash: it can only be mined once); one left out of blocks for
    `replace_after_blocks` is replaced at the same nonce with fees raised by
-   `fee_bump_percent`; a mined one becomes final `confirmations` blocks deep.
+   `fee_bump_percent`; a mined one becomes final `confirmations` blocks deep. The
+   transactions of a retired key (its keeper not running: see locks.py) are settled the
+   same way, except that one which cannot be mined is given up rather than replaced.
 2. Finalize lapses (grace period over) with `finalizeLapse`, after `getSubscription` and
    `statusOf` confirm them on-chain.
 3. Claim due subscriptions from the mirror, confirm each is due with `nextChargeAt`
@@ -51,6 +53,7 @@ from offchain.keeper.chain import (
     receipt_events,
 )
 from offchain.keeper.dunning import DEFAULT_RETRY_SCHEDULE, Upcoming, assess, next_retry_at
+from offchain.keeper.locks import SenderIdle
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,10 @@ class Keeper:
         config: KeeperConfig,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sender_idle: SenderIdle | None = None,
     ) -> None:
+        """`sender_idle` (see locks.py): given, the keeper also settles the transactions of
+        keys whose keeper is not running; without it, only its own."""
         self.engine = engine
         self.chain = chain
         self.config = config
@@ -119,6 +125,7 @@ class Keeper:
             chain.sender
         )  # one process per key (the CLI's lock): claims survive restarts
         self._clock = clock
+        self._sender_idle = sender_idle
         self._broadcast_here: set[int] = set()  # transactions (re)broadcast by this process
         self._next_nonce: int | None = None
         self._last_risk_scan: float | None = None
@@ -142,6 +149,8 @@ class Keeper:
         result = PassResult()
         head = self.chain.head()
         self.reconcile(head, result)
+        if self._sender_idle is not None and not stop.is_set():
+            self.settle_orphans(head, result)
         self._next_nonce = None  # re-read: the node and the records are the truth
         if not stop.is_set():
             self.send_lapses(head, result, stop)
@@ -160,12 +169,41 @@ class Keeper:
     def reconcile(self, head: Head, result: PassResult) -> None:
         with self.engine.connect() as conn:
             txs = repo.unresolved_transactions(conn, self.config.chain_id, self.chain.sender)
-            attempts = repo.attempts_of(conn, [tx.id for tx in txs])
+        self._settle(txs, self.chain.sender, head, result, self._nudge_pending)
+
+    def settle_orphans(self, head: Head, result: PassResult) -> None:
+        """The unresolved transactions of keys whose keeper is not running (a retired key):
+        their receipts are read and recorded as for our own, a nonce taken drops them, and
+        a pending one is broadcast again from its recorded bytes; one still not mined after
+        `replace_after_blocks` cannot be replaced without its key, and is given up."""
+        with self.engine.connect() as conn:
+            senders = repo.senders_with_unresolved(conn, self.config.chain_id, self.chain.sender)
+        assert self._sender_idle is not None
+        for sender in senders:
+            with self._sender_idle(sender) as idle:
+                if not idle:
+                    continue  # its keeper runs: they are its to settle
+                with self.engine.connect() as conn:
+                    txs = repo.unresolved_transactions(conn, self.config.chain_id, sender)
+                self._settle(txs, sender, head, result, self._nudge_orphan)
+
+    def _settle(
+        self,
+        txs: Sequence[KeeperTransaction],
+        sender: str,
+        head: Head,
+        result: PassResult,
+        nudge: Callable[[KeeperTransaction, str, Any, Head, PassResult], None],
+    ) -> None:
+        """Brings `sender`'s unresolved transactions up to date with the node; `nudge`
+        handles those neither mined nor overtaken."""
         if not txs:
             return
+        with self.engine.connect() as conn:
+            attempts = repo.attempts_of(conn, [tx.id for tx in txs])
         # The nonce first: a transaction mined after this read still shows its receipt below,
         # so "nonce used and no receipt of ours" always means another transaction took it.
-        used_nonces = self.chain.nonce("latest")
+        used_nonces = self.chain.nonce_of(sender, "latest")
         hashes = sorted({a.tx_hash for tx in txs for a in attempts[tx.id]})
         receipts = dict(zip(hashes, self.chain.receipts(hashes), strict=True))
         for tx in txs:
@@ -182,16 +220,17 @@ class Keeper:
                 log.warning(
                     "keeper transaction %d (nonce %d) can never be mined: another transaction "
                     "of %s used its nonce; its subscriptions are free again",
-                    tx.id, tx.nonce, self.chain.sender,
+                    tx.id, tx.nonce, sender,
                 )  # fmt: skip
-                with self.engine.begin() as conn:
-                    repo.set_status(conn, tx.id, KeeperTxStatus.DROPPED, self._clock())
-                    repo.release_transaction(conn, tx, self._clock())
-                result.dropped += 1
+                self._drop(tx, result)
             else:
-                self._nudge_pending(
-                    tx, attempts[tx.id][-1].raw_tx, attempts[tx.id][-1], head, result
-                )
+                nudge(tx, attempts[tx.id][-1].raw_tx, attempts[tx.id][-1], head, result)
+
+    def _drop(self, tx: KeeperTransaction, result: PassResult) -> None:
+        with self.engine.begin() as conn:
+            repo.set_status(conn, tx.id, KeeperTxStatus.DROPPED, self._clock())
+            repo.release_transaction(conn, tx, self._clock())
+        result.dropped += 1
 
     def _follow_mined(
         self, tx: KeeperTransaction, receipt: dict[str, Any] | None, head: Head, result: PassResult
@@ -276,6 +315,31 @@ class Keeper:
             # Recorded by an earlier life of this keeper (maybe never sent), or lost by the
             # node: the very same bytes again.
             self._broadcast(tx.id, raw, head, keep_block=tx.broadcast_block is not None)
+            result.rebroadcast += 1
+
+    def _nudge_orphan(
+        self, tx: KeeperTransaction, raw: str, latest: Any, head: Head, result: PassResult
+    ) -> None:
+        stuck = (
+            tx.id in self._broadcast_here
+            and tx.broadcast_block is not None
+            and head.number - tx.broadcast_block >= self.config.replace_after_blocks
+        )
+        if stuck:
+            # Without its key it cannot be outbid. Giving its subscriptions back is safe:
+            # should it be mined after all, the contract charges no period twice.
+            log.warning(
+                "keeper transaction %d of %s (whose keeper is not running) is not mined "
+                "%d blocks after it was sent again and cannot be replaced without that key; "
+                "its subscriptions are free again",
+                tx.id, tx.sender, head.number - (tx.broadcast_block or head.number),
+            )  # fmt: skip
+            self._drop(tx, result)
+        elif tx.id not in self._broadcast_here or not self.chain.known_to_node(latest.tx_hash):
+            # Its keeper may have recorded it and died before sending, or the node lost it:
+            # the very same bytes (signed by that key) again. The stuck count runs from the
+            # first time this keeper sends it.
+            self._broadcast(tx.id, raw, head, keep_block=tx.id in self._broadcast_here)
             result.rebroadcast += 1
 
     def _replace(self, tx: KeeperTransaction, old: Fees, head: Head, result: PassResult) -> None:

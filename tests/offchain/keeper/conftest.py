@@ -34,10 +34,13 @@ def second_keeper_key(accounts: Any) -> str:
 
 @pytest.fixture
 def make_keeper(mirror: Mirror, keeper_key: str) -> Iterator[Callable[..., Keeper]]:  # noqa: F811
-    """Keeper(config overrides, key=...) over `mirror`; each with an RPC session of its own."""
+    """Keeper(config overrides, key=..., sender_idle=...) over `mirror`; each with an RPC
+    session of its own."""
     clients: list[RpcClient] = []
 
-    def make(key: str | None = None, engine: Any = None, **overrides: Any) -> Keeper:
+    def make(
+        key: str | None = None, engine: Any = None, sender_idle: Any = None, **overrides: Any
+    ) -> Keeper:
         rpc = RpcClient(mirror.rpc_url)
         clients.append(rpc)
         values: dict[str, Any] = {
@@ -48,7 +51,9 @@ def make_keeper(mirror: Mirror, keeper_key: str) -> Iterator[Callable[..., Keepe
         }
         values.update(overrides)
         chain = Chain(rpc, mirror.chain_id, mirror.manager, key or keeper_key)
-        return Keeper(engine or mirror.engine, chain, KeeperConfig(**values))
+        return Keeper(
+            engine or mirror.engine, chain, KeeperConfig(**values), sender_idle=sender_idle
+        )
 
     yield make
     for client in clients:

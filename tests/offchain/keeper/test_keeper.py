@@ -1,7 +1,7 @@
 """The keeper on Anvil with the real contracts, on SQLite and PostgreSQL: due
 subscriptions charged once in gas-bounded batches, nothing sent before it is due, and a
 keeper that dies between recording and broadcasting (or before reading receipts) resumes
-without ever sending a charge twice."""
+without ever sending a charge twice; a batch that a reorg takes out is sent again."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.offchain.keeper.helpers import (
     advance,
     charged_periods,
     manager_logs,
+    node_call,
     settle,
     wait_mined,
 )
@@ -203,3 +204,54 @@ def test_a_mined_batch_holds_its_subscriptions_until_final(
         rows = repo.keeper_subscriptions(conn, mirror.chain_id, mirror.manager)
     assert all(r.transaction_id is None for r in rows)
     assert all(n == 1 for n in charged_periods(mirror).values())
+
+
+def test_a_mined_batch_reorged_out_is_sent_again_and_charges_once(
+    mirror: Mirror, make_keeper: Callable[..., Keeper], token: Any, merchant: Any, customer: Any
+) -> None:
+    """A batch seen mined, then taken out of the chain before it was final, goes back to
+    pending, is broadcast again as it was (the same signed transaction), mined and
+    confirmed: each subscription charged once for the period, held by that batch until
+    then; the mirror follows the reorg to the same charges."""
+    billing = Billing.create(mirror, token, merchant, customer, 3)
+    advance(mirror.web3, PERIOD)
+    mirror.sync()
+    first_periods = len(manager_logs(mirror, "Charged"))  # charged when subscribing
+    keeper = make_keeper(confirmations=3)
+    fork_point = node_call(mirror, "evm_snapshot")
+    assert keeper.run_once().charges_sent == billing.ids
+    wait_mined(keeper)
+    assert keeper.run_once().mined == 1
+    (tx,) = _transactions(mirror)
+    assert tx.status == KeeperTxStatus.MINED
+    mined_hash = tx.mined_tx_hash
+    mirror.sync()
+
+    assert node_call(mirror, "evm_revert", fork_point) is True
+    assert len(manager_logs(mirror, "Charged")) == first_periods  # the batch left the chain
+    result = keeper.run_once()
+    assert result.confirmed == 0 and result.unresolved == 1
+    (tx,) = _transactions(mirror)
+    assert tx.status == KeeperTxStatus.PENDING
+    with mirror.engine.connect() as conn:
+        rows = repo.keeper_subscriptions(conn, mirror.chain_id, mirror.manager)
+    assert {r.transaction_id for r in rows if r.subscription_id in billing.ids} == {tx.id}
+
+    for _ in range(10):
+        wait_mined(keeper)
+        node_call(mirror, "anvil_mine", hex(1))
+        if keeper.run_once().unresolved == 0:
+            break
+    (tx,) = _transactions(mirror)
+    assert tx.status == KeeperTxStatus.CONFIRMED
+    assert tx.mined_tx_hash == mined_hash
+    periods = charged_periods(mirror)
+    assert len(periods) == first_periods + len(billing.ids)
+    assert all(n == 1 for n in periods.values())
+    with mirror.engine.connect() as conn:
+        rows = repo.keeper_subscriptions(conn, mirror.chain_id, mirror.manager)
+    assert all(r.transaction_id is None for r in rows)
+    mirror.sync()
+    with mirror.engine.connect() as conn:
+        mirrored = conn.exec_driver_sql("SELECT subscription_id, period_start FROM charges").all()
+    assert sorted(tuple(r) for r in mirrored) == sorted(periods)

@@ -15,21 +15,15 @@ from offchain.db.models import KeeperTxStatus
 from offchain.keeper.keeper import Keeper
 from tests.chain_fixtures import PERIOD
 from tests.offchain.indexer.helpers import Mirror
-from tests.offchain.keeper.helpers import Billing, advance, charged_periods, settle
+from tests.offchain.keeper.helpers import Billing, advance, charged_periods, node_call, settle
 
 GWEI = 10**9
 
 
-def _rpc(mirror: Mirror, method: str, *params: Any) -> Any:
-    answer = mirror.web3.provider.make_request(method, list(params))  # type: ignore[arg-type]
-    assert "error" not in answer, answer
-    return answer.get("result")
-
-
 def _mine_without_it(mirror: Mirror, blocks: int, base_fee: int) -> None:
     for _ in range(blocks):
-        _rpc(mirror, "anvil_setNextBlockBaseFeePerGas", hex(base_fee))
-        _rpc(mirror, "evm_mine")
+        node_call(mirror, "anvil_setNextBlockBaseFeePerGas", hex(base_fee))
+        node_call(mirror, "evm_mine")
 
 
 def test_a_stuck_transaction_is_replaced_with_higher_fees(
@@ -42,7 +36,7 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees(
     advance(mirror.web3, PERIOD)
     mirror.sync()
     keeper = make_keeper(replace_after_blocks=3, min_priority_fee=GWEI)
-    _rpc(mirror, "evm_setAutomine", False)
+    node_call(mirror, "evm_setAutomine", False)
     try:
         assert keeper.run_once().charges_sent == billing.ids
         with mirror.engine.connect() as conn:
@@ -60,9 +54,9 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees(
         assert second.max_fee_per_gas >= first.max_fee_per_gas * bump
         assert second.max_priority_fee_per_gas >= first.max_priority_fee_per_gas * bump
         # Above the base fee now: the next block takes the replacement.
-        _rpc(mirror, "evm_mine")
+        node_call(mirror, "evm_mine")
     finally:
-        _rpc(mirror, "evm_setAutomine", True)
+        node_call(mirror, "evm_setAutomine", True)
     settle(keeper)
     with mirror.engine.connect() as conn:
         (mined,) = repo.transactions(conn, mirror.chain_id)
