@@ -9,6 +9,7 @@ import typer
 from offchain.cli import app
 from offchain.cli_keys import keys_app
 from offchain.cli_webhooks import webhooks_app
+from offchain.webhooks.sealing import SealingError, check_key
 
 app.add_typer(keys_app, name="api-key")
 app.add_typer(webhooks_app, name="webhooks")
@@ -24,6 +25,11 @@ def serve(
     CHAINBILL_MANIFEST, CHAINBILL_PUBLIC_URL, CHAINBILL_OPERATOR_KEY, ...)."""
     import uvicorn
 
+    try:
+        check_key()
+    except SealingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     uvicorn.run(
         "api.main:app_from_env",
         factory=True,

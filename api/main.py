@@ -28,6 +28,7 @@ from api.middleware import (
 from api.settings import GatewaySettings
 from offchain.db.engine import make_engine, upgrade_schema
 from offchain.manifest import Manifest
+from offchain.webhooks.sealing import check_key
 
 API_DESCRIPTION = """chainbill's gateway over the SQL mirror of its contracts.
 
@@ -44,6 +45,7 @@ def create_app(settings: GatewaySettings | None = None, engine: Engine | None = 
     # default 5 ms GIL switch interval every hop under load can wait that long for the GIL.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     settings = settings or GatewaySettings.from_env()
+    check_key()  # a malformed webhook secrets key stops the start, not the first request
     # No pre-ping: a round trip on every request. A connection the server dropped fails
     # one request with a 503 (see errors.py) and the pool replaces it.
     engine = engine or make_engine(settings.database_url, pool_pre_ping=False)

@@ -31,12 +31,14 @@ from offchain.db.models import WebhookDelivery, WebhookDeliveryStatus, WebhookEn
 from offchain.webhooks.endpoints import private_target, signing_secrets
 from offchain.webhooks.producer import produce_all
 from offchain.webhooks.reminders import ReminderConfig
+from offchain.webhooks.sealing import SealingError
 from offchain.webhooks.signing import (
     EVENT_ID_HEADER,
     EVENT_TYPE_HEADER,
     SIGNATURE_HEADER,
     signature_header,
 )
+from offchain.webhooks.transport import PublicOnlyTransport
 
 log = logging.getLogger(__name__)
 USER_AGENT = "chainbill-webhooks/0.1"
@@ -88,7 +90,11 @@ class Deliverer:
         self.policy = policy or DeliveryPolicy()
         self._own_client = client is None
         # Redirects are not followed: the signed request goes where the merchant said.
-        self.client = client or httpx.Client(timeout=self.policy.timeout_s, follow_redirects=False)
+        self.client = client or httpx.Client(
+            transport=PublicOnlyTransport(),
+            timeout=self.policy.timeout_s,
+            follow_redirects=False,
+        )
         self.rng = rng or random.Random()
         self._pool = ThreadPoolExecutor(
             max_workers=self.policy.concurrency, thread_name_prefix="webhook-send"
@@ -125,12 +131,14 @@ class Deliverer:
     ) -> Outcome:
         body = event.payload.encode()
         now = datetime.now(UTC)
+        try:
+            secrets = signing_secrets(endpoint, now)
+        except SealingError as exc:  # the operator's key is missing or wrong: retried later
+            return Outcome(None, str(exc)[:MAX_ERROR_LENGTH], 0)  # not sent
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            SIGNATURE_HEADER: signature_header(
-                signing_secrets(endpoint, now), int(now.timestamp()), body
-            ),
+            SIGNATURE_HEADER: signature_header(secrets, int(now.timestamp()), body),
             EVENT_ID_HEADER: event.event_id,
             EVENT_TYPE_HEADER: event.type,
             DELIVERY_ID_HEADER: delivery.public_id,

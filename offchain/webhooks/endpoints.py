@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -19,6 +20,7 @@ from sqlalchemy import Connection
 from offchain.addresses import InvalidAddress, parse_address
 from offchain.db import webhook_repository as repo
 from offchain.db.models import WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
+from offchain.webhooks.sealing import seal, unseal
 
 SECRET_PREFIX = "whsec_"
 ENDPOINT_PREFIX = "we_"
@@ -27,7 +29,8 @@ MAX_ROTATION_GRACE_S = 7 * 24 * 3600
 
 
 class EventType(StrEnum):
-    """What a webhook event reports. Chain events (from the mirror), then reminders."""
+    """What a webhook event reports. Chain events (from the mirror), then reminders and
+    the keeper's warnings."""
 
     CHARGE_SUCCEEDED = "charge.succeeded"
     CHARGE_FAILED = "charge.failed"
@@ -42,6 +45,7 @@ class EventType(StrEnum):
     INVOICE_OVERDUE = "invoice.overdue"
     SUBSCRIPTION_RENEWAL_UPCOMING = "subscription.renewal_upcoming"
     SUBSCRIPTION_OVERDUE = "subscription.overdue"
+    SUBSCRIPTION_PAYMENT_AT_RISK = "subscription.payment_at_risk"
 
 
 class WebhookError(ValueError):
@@ -92,7 +96,7 @@ def _non_public(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-def _private_target_error(url: str, host: str, address: str) -> str:
+def private_target_error(url: str, host: str, address: str) -> str:
     return (
         f"{url!r} points at {address}"
         + (f" ({host})" if host != address else "")
@@ -101,22 +105,33 @@ def _private_target_error(url: str, host: str, address: str) -> str:
     )
 
 
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses a TCP connection to `host` may go to, each once, in the resolver's
+    order (OSError when the name does not resolve)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def first_non_public(addresses: Iterable[str]) -> str | None:
+    """The first of `addresses` that is loopback, private, link-local or multicast."""
+    return next((address for address in addresses if _non_public(address)), None)
+
+
 def private_target(url: str) -> str | None:
     """Why the host of `url` may not be called (it resolves to a non-public address), or
-    None. Asked again before every delivery, not only at registration: DNS may change."""
+    None. Asked again before every delivery, not only at registration: DNS may change.
+    The connection checks the addresses it connects to as well (see transport.py): the
+    name may resolve elsewhere a moment later."""
     if private_targets_allowed():
         return None
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:
-        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        addresses = resolve(host, parts.port or 443)
     except OSError:
         return None  # the request fails on its own, and says why
-    for info in infos:
-        address = str(info[4][0])
-        if _non_public(address):
-            return _private_target_error(url, host, address)
-    return None
+    address = first_non_public(addresses)
+    return None if address is None else private_target_error(url, host, address)
 
 
 def check_url(url: str, *, allow_http: bool = True) -> str:
@@ -138,13 +153,13 @@ def check_url(url: str, *, allow_http: bool = True) -> str:
     if not private_targets_allowed():
         host = parts.hostname
         if host == "localhost" or host.endswith(".localhost"):
-            raise WebhookError(_private_target_error(url, host, "127.0.0.1"))
+            raise WebhookError(private_target_error(url, host, "127.0.0.1"))
         try:
             literal = _non_public(host)
         except ValueError:
             literal = False  # a name: resolved before each delivery (see private_target)
         if literal:
-            raise WebhookError(_private_target_error(url, host, host))
+            raise WebhookError(private_target_error(url, host, host))
     return url
 
 
@@ -182,7 +197,7 @@ def create_endpoint(
         "merchant": merchant,
         "url": url,
         "description": description,
-        "secret": secret,
+        "secret": seal(secret),
         "previous_secret": None,
         "previous_secret_expires_at": None,
         "enabled": True,
@@ -273,7 +288,7 @@ def rotate_secret(
     now = now or datetime.now(UTC)
     secret = new_secret()
     values = {
-        "secret": secret,
+        "secret": seal(secret),
         "previous_secret": endpoint.secret if grace_s > 0 else None,
         "previous_secret_expires_at": now + timedelta(seconds=grace_s) if grace_s > 0 else None,
     }
@@ -285,11 +300,11 @@ def rotate_secret(
 
 def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
     """The secrets that sign a request now: the current one, and the previous one until its
-    expiry."""
-    found = [endpoint.secret]
+    expiry (opened if they are stored sealed: see sealing.py)."""
+    found = [unseal(endpoint.secret)]
     expires = repo.aware(endpoint.previous_secret_expires_at)
     if endpoint.previous_secret and expires is not None and expires > now:
-        found.append(endpoint.previous_secret)
+        found.append(unseal(endpoint.previous_secret))
     return found
 
 

@@ -43,6 +43,7 @@ class ProduceResult:
     final_events: int = 0
     unconfirmed_events: int = 0
     reminders: int = 0
+    risk_warnings: int = 0
     canceled_deliveries: int = 0
     deliveries: int = 0
     final_block: int | None = None

@@ -9,7 +9,8 @@
   `"final": false`; when its block becomes final the final event follows under its own id.
   Should a reorg orphan the block first, the final event never comes, and any delivery of
   the unconfirmed one not yet made is canceled: nothing ever claims a finality it lacked.
-- **Reminders** (`reminders.py`) are produced here too, once per object, kind and day.
+- **Reminders** and the keeper's **at-risk warnings** (`reminders.py`) are produced here
+  too (with a reminder configuration), once per object, kind and day or due date.
 
 Events are produced for the merchants that have a live endpoint at the time (a merchant
 without one has nobody to tell). Every event has a deterministic id (`evt_` + a hash of
@@ -28,7 +29,11 @@ from offchain.db import webhook_repository as repo
 from offchain.db.models import WebhookEndpoint
 from offchain.webhooks.endpoints import EventType
 from offchain.webhooks.outbox import ProduceResult, add_event, exact
-from offchain.webhooks.reminders import ReminderConfig, produce_reminders
+from offchain.webhooks.reminders import (
+    ReminderConfig,
+    produce_reminders,
+    produce_risk_warnings,
+)
 
 # How many final blocks one transaction covers at most (bounds its size on a backfill).
 MAX_BLOCKS_PER_PASS = 5_000
@@ -127,8 +132,11 @@ def _cancel_orphans(conn: Connection, chain_id: int, result: ProduceResult) -> N
     """Unconfirmed events whose log is no longer in the mirror (a reorg rolled it back):
     their deliveries not made yet are canceled."""
     for event in repo.unconfirmed_events_undelivered(conn, chain_id):
-        assert event.block_hash is not None and event.log_index is not None
-        if repo.raw_event_exists(conn, chain_id, event.block_hash, event.log_index):
+        assert event.block_number is not None and event.block_hash is not None
+        assert event.log_index is not None
+        if repo.raw_event_exists(
+            conn, chain_id, event.block_number, event.block_hash, event.log_index
+        ):
             continue
         result.canceled_deliveries += repo.cancel_pending_deliveries(
             conn, "orphaned by a reorg: the block is no longer on the chain", event_id=event.id
@@ -167,6 +175,7 @@ def produce(
         result.reminders += produce_reminders(
             conn, chain_id, endpoints, finalized, reminder_config, now, result
         )
+        result.risk_warnings += produce_risk_warnings(conn, chain_id, endpoints, now, result)
     return result
 
 
@@ -179,6 +188,7 @@ def produce_all(engine: Engine, chain_id: int, **kwargs: Any) -> ProduceResult:
         total.final_events += result.final_events
         total.unconfirmed_events += result.unconfirmed_events
         total.reminders += result.reminders
+        total.risk_warnings += result.risk_warnings
         total.canceled_deliveries += result.canceled_deliveries
         total.deliveries += result.deliveries
         total.event_ids += result.event_ids

@@ -6,7 +6,11 @@ overdue, on configurable days.
 - `subscription.renewal_upcoming`: a live subscription (not ending at period end) whose
   next charge is within N days;
 - `subscription.overdue`: a live subscription N days past the end of its paid period
-  (the charge has not gone through: `past_due` says whether one failed).
+  (the charge has not gone through: `past_due` says whether one failed);
+- `subscription.payment_at_risk`: the keeper found that the subscriber's allowance or
+  balance will not cover the coming charge (`chainbill keeper`, `--at-risk-days`); once per
+  subscription, due date and reason, so that the merchant can ask the customer to top up
+  before the charge fails.
 
 With several days configured (say 7, 3 and 1 before), an object gets the reminder of the
 nearest day that has come, once: one first seen two days before its due date gets the
@@ -19,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -91,17 +96,28 @@ def produce_reminders(
             spans.append((chain_now - (after_low + 1) * DAY, chain_now - after_high * DAY))
         return spans
 
+    def remind(
+        event_type: EventType, key: str, due: int, day: int, merchant: str, data: dict[str, Any]
+    ) -> int:
+        dedupe_key = f"reminder:{event_type}:{chain_id}:{key}:{due}:{day}"
+        return _notify(conn, endpoints, dedupe_key, merchant, event_type, data, now, result)
+
+    def days_of(due: int, ahead: EventType, late: EventType) -> list[tuple[EventType, int]]:
+        """The reminders of a due date that have come: (type, days before or after)."""
+        found = (
+            (ahead, _before_day(due, chain_now, config.days_before)),
+            (late, _after_day(due, chain_now, config.days_after)),
+        )
+        return [(event_type, day) for event_type, day in found if day is not None]
+
     for low, high in windows():
         for invoice in repo.open_invoices_due_between(
             conn, chain_id, low, high, merchants, final_block
         ):
             due = int(invoice["due_date"])
-            for event_type, day in (
-                (EventType.INVOICE_DUE_SOON, _before_day(due, chain_now, config.days_before)),
-                (EventType.INVOICE_OVERDUE, _after_day(due, chain_now, config.days_after)),
+            for event_type, day in days_of(
+                due, EventType.INVOICE_DUE_SOON, EventType.INVOICE_OVERDUE
             ):
-                if day is None:
-                    continue
                 data = {
                     "invoice_id": invoice["invoice_id"],
                     "merchant": invoice["merchant"],
@@ -115,35 +131,15 @@ def produce_reminders(
                     "balance": exact("balance", invoice["amount"] - invoice["paid"]),
                     "status": invoice["status"],
                 }
-                key = (
-                    f"reminder:{event_type}:{chain_id}:{invoice['contract']}:"
-                    f"{invoice['invoice_id']}:{due}:{day}"
-                )
-                made += add_event(
-                    conn,
-                    endpoints,
-                    dedupe_key=key,
-                    merchant=invoice["merchant"],
-                    event_type=event_type,
-                    final=True,
-                    data=data,
-                    source=None,
-                    now=now,
-                    result=result,
-                )
+                key = f"{invoice['contract']}:{invoice['invoice_id']}"
+                made += remind(event_type, key, due, day, invoice["merchant"], data)
         for sub in repo.live_subscriptions_due_between(
             conn, chain_id, low, high, merchants, final_block
         ):
             due = int(sub["paid_through"])
-            for event_type, day in (
-                (
-                    EventType.SUBSCRIPTION_RENEWAL_UPCOMING,
-                    _before_day(due, chain_now, config.days_before),
-                ),
-                (EventType.SUBSCRIPTION_OVERDUE, _after_day(due, chain_now, config.days_after)),
+            for event_type, day in days_of(
+                due, EventType.SUBSCRIPTION_RENEWAL_UPCOMING, EventType.SUBSCRIPTION_OVERDUE
             ):
-                if day is None:
-                    continue
                 data = {
                     "subscription_id": sub["subscription_id"],
                     "plan_id": sub["plan_id"],
@@ -156,20 +152,64 @@ def produce_reminders(
                     "past_due": bool(sub["past_due"]),
                     "in_trial": bool(sub["in_trial"]),
                 }
-                key = (
-                    f"reminder:{event_type}:{chain_id}:{sub['contract']}:"
-                    f"{sub['subscription_id']}:{due}:{day}"
-                )
-                made += add_event(
-                    conn,
-                    endpoints,
-                    dedupe_key=key,
-                    merchant=sub["merchant"],
-                    event_type=event_type,
-                    final=True,
-                    data=data,
-                    source=None,
-                    now=now,
-                    result=result,
-                )
+                key = f"{sub['contract']}:{sub['subscription_id']}"
+                made += remind(event_type, key, due, day, sub["merchant"], data)
     return made
+
+
+def produce_risk_warnings(
+    conn: Connection,
+    chain_id: int,
+    endpoints: Sequence[WebhookEndpoint],
+    now: datetime,
+    result: ProduceResult,
+) -> int:
+    """`subscription.payment_at_risk` for each subscription the keeper flagged: one per due
+    date and reason (a flag cleared and raised again for the same charge and reason is
+    not news; a different reason, or the next period's charge, is)."""
+    merchants = sorted({e.merchant for e in endpoints})
+    if not merchants:
+        return 0
+    made = 0
+    for row in repo.subscriptions_at_risk(conn, chain_id, merchants):
+        due, reason = int(row["at_risk_due_at"]), str(row["at_risk_reason"])
+        data = {
+            "subscription_id": row["subscription_id"],
+            "plan_id": row["plan_id"],
+            "merchant": row["merchant"],
+            "subscriber": row["subscriber"],
+            "token": row["token"],
+            "due_at": due,
+            "amount": exact("amount", row["at_risk_amount"]),
+            "reason": reason,
+        }
+        dedupe_key = f"at_risk:{chain_id}:{row['contract']}:{row['subscription_id']}:{due}:{reason}"
+        event_type = EventType.SUBSCRIPTION_PAYMENT_AT_RISK
+        made += _notify(conn, endpoints, dedupe_key, row["merchant"], event_type, data, now, result)
+    return made
+
+
+def _notify(
+    conn: Connection,
+    endpoints: Sequence[WebhookEndpoint],
+    dedupe_key: str,
+    merchant: str,
+    event_type: EventType,
+    data: dict[str, Any],
+    now: datetime,
+    result: ProduceResult,
+) -> int:
+    """Adds a reminder or warning: final (it follows from final data or the keeper's own
+    reading of the chain) and without a source log."""
+    return add_event(
+        conn,
+        endpoints,
+        dedupe_key=dedupe_key,
+        merchant=merchant,
+        event_type=event_type,
+        final=True,
+        data=data,
+        source=None,
+        now=now,
+        result=result,
+    )

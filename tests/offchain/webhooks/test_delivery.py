@@ -8,6 +8,7 @@ No timing is asserted: the tests poll for states with a generous deadline."""
 from __future__ import annotations
 
 import random
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -364,6 +365,26 @@ def test_endpoints_on_private_addresses_are_refused(
         endpoints.create_endpoint(conn, merchant.address, "https://93.184.215.14/hook")
 
 
+def an_event_for(
+    url: str,
+    engine: Engine,
+    mirror: Mirror,
+    issue: Callable[..., bytes],
+    chain: Any,
+    merchant: Any,
+    receiver: Receiver,
+) -> None:
+    """An endpoint of the merchant at `url` (the receiver behind it) with one final event
+    produced for it, its delivery due."""
+    with engine.begin() as conn:
+        created = endpoints.create_endpoint(conn, merchant.address, url)
+    receiver.secrets = [created.secret]
+    issue()
+    chain.mine(3)
+    mirror.sync()
+    produce_all(engine, mirror.chain_id)
+
+
 def test_a_name_resolving_to_a_private_address_is_not_called(
     engine: Engine,
     mirror: Mirror,
@@ -376,13 +397,7 @@ def test_a_name_resolving_to_a_private_address_is_not_called(
     """A host name passes registration (DNS may change), but every delivery resolves it
     first: one that points inside is not called, and the attempt log says why."""
     by_name = receiver.url.replace("127.0.0.1", "localhost")
-    with engine.begin() as conn:
-        created = endpoints.create_endpoint(conn, merchant.address, by_name)
-    receiver.secrets = [created.secret]
-    issue()
-    chain.mine(3)
-    mirror.sync()
-    produce_all(engine, mirror.chain_id)
+    an_event_for(by_name, engine, mirror, issue, chain, merchant, receiver)
     monkeypatch.delenv(endpoints.ALLOW_PRIVATE_ENV)
     policy = DeliveryPolicy(max_attempts=2, base_delay_s=0, max_delay_s=0, timeout_s=5)
     with Deliverer(engine, policy) as deliverer:
@@ -393,4 +408,44 @@ def test_a_name_resolving_to_a_private_address_is_not_called(
     with engine.connect() as conn:
         log = repo.attempts_of(conn, [delivery.id])[delivery.id]
     assert all(a.status_code is None and "private" in (a.error or "") for a in log)
+    assert receiver.processed_ids() == set(), "the receiver was never called"
+
+
+def test_a_name_rebound_to_a_private_address_after_the_check_is_not_called(
+    engine: Engine,
+    mirror: Mirror,
+    issue: Callable[..., bytes],
+    chain: Any,
+    merchant: Any,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: the name answers a public address to the check before the request
+    and the receiver's loopback address to the connection. The connection checks what it
+    connects to, so the receiver is never called."""
+    port = int(receiver.url.split(":")[2].split("/")[0])
+    rebinding = receiver.url.replace("127.0.0.1", "rebind.example")
+    an_event_for(rebinding, engine, mirror, issue, chain, merchant, receiver)
+
+    real_getaddrinfo = socket.getaddrinfo
+    answers: list[str] = []
+
+    def rebind(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.example":
+            return real_getaddrinfo(host, *args, **kwargs)
+        answers.append("93.184.215.14" if not answers else "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[-1], port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebind)
+    monkeypatch.delenv(endpoints.ALLOW_PRIVATE_ENV)
+    policy = DeliveryPolicy(max_attempts=1, base_delay_s=0, max_delay_s=0, timeout_s=5)
+    with Deliverer(engine, policy) as deliverer:
+        deliverer.deliver_due()
+    assert answers == ["93.184.215.14", "127.0.0.1"], "checked once, then resolved to connect"
+    [delivery] = deliveries(engine)
+    assert delivery.status == WebhookDeliveryStatus.FAILED
+    with engine.connect() as conn:
+        [attempt] = repo.attempts_of(conn, [delivery.id])[delivery.id]
+    assert attempt.status_code is None
+    assert "127.0.0.1" in (attempt.error or "") and "private" in (attempt.error or "")
     assert receiver.processed_ids() == set(), "the receiver was never called"

@@ -1,18 +1,21 @@
 """The producer: final events only up to the finalized block; unconfirmed ones only to the
 endpoints that opt in, marked so, and canceled (never followed by a final one) when a
-reorg orphans their block; reminders once per object, kind and day, on the chain's clock.
+reorg orphans their block; reminders once per object, kind and day, on the chain's clock;
+the keeper's at-risk flags as warnings, once per charge and reason.
 On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
+from offchain.db import keeper_repository as keeper_repo
 from offchain.db import webhook_repository as repo
-from offchain.db.models import Invoice, Subscription, WebhookDeliveryStatus
+from offchain.db.models import Invoice, Plan, Subscription, WebhookDeliveryStatus
 from offchain.webhooks import endpoints
 from offchain.webhooks.delivery import Deliverer
 from offchain.webhooks.producer import produce_all
@@ -249,3 +252,74 @@ def test_every_kind_of_chain_event_with_exact_payloads(
         filtered = repo.list_deliveries(conn, None, endpoint_id=dunning.id)
         types = repo.events_by_ids(conn, [d.event_id for d in filtered])
     assert sorted(e.type for e in types.values()) == ["charge.failed", "subscription.lapsed"]
+
+
+def test_the_keepers_at_risk_flags_become_warnings_once_per_charge_and_reason(
+    engine: Engine,
+    mirror: Mirror,
+    merchant: Any,
+    stranger: Any,
+    customer: Any,
+    create_plan: Callable[..., int],
+    subscribe: Callable[..., int],
+) -> None:
+    from tests.chain_fixtures import PRICE
+
+    with engine.begin() as conn:
+        endpoints.create_endpoint(conn, merchant.address, "https://crm.example.com/hooks")
+    ours = subscribe(create_plan())
+    theirs = subscribe(create_plan(sender=stranger))  # a merchant without an endpoint
+    mirror.sync()
+    # Each subscription's own due date: a second can pass between the two blocks.
+    due_of = {r["subscription_id"]: r["paid_through"] for r in mirror.rows(Subscription)}
+    due = due_of[ours]
+    config = ReminderConfig((), ())  # no reminders: only the warnings
+
+    def flag(subscription_id: int, reason: str | None, due_at: int | None = None) -> list[Any]:
+        """Sets the keeper's flag as its scan does, produces; the warnings made."""
+        due_at = due_of[subscription_id] if due_at is None else due_at
+        with engine.begin() as conn:
+            now = datetime.now(UTC)
+            keeper_repo.ensure_rows(conn, mirror.chain_id, mirror.manager, due_at, now)
+            risk = keeper_repo.RiskRow(subscription_id, due_at, PRICE, reason)
+            keeper_repo.save_risks(conn, mirror.chain_id, mirror.manager, [risk], now)
+        made = produce_all(engine, mirror.chain_id, reminder_config=config)
+        with engine.connect() as conn:
+            events = {e.event_id: json.loads(e.payload) for e in repo.list_events(conn)}
+        warnings = [
+            events[i] for i in made.event_ids if events[i]["type"] == "subscription.payment_at_risk"
+        ]
+        assert made.risk_warnings == len(warnings)
+        return warnings
+
+    assert flag(ours, None) == [] and flag(theirs, "insufficient_allowance") == []
+    [warning] = flag(ours, "insufficient_allowance")
+    assert warning["type"] == "subscription.payment_at_risk" and warning["source"] is None
+    assert warning["data"] == {
+        "subscription_id": ours,
+        "plan_id": next(
+            r["plan_id"] for r in mirror.rows(Subscription) if r["subscription_id"] == ours
+        ),
+        "merchant": merchant.address.lower(),  # as the mirror and every event have them
+        "subscriber": customer.address.lower(),
+        "token": mirror.rows(Plan)[0]["token"],
+        "due_at": due,
+        "amount": str(PRICE),  # exact: a decimal string
+        "reason": "insufficient_allowance",
+    }
+    assert flag(ours, "insufficient_allowance") == [], "the same charge and reason: once"
+    assert flag(ours, None) == [] and flag(ours, "insufficient_allowance") == []
+    [balance] = flag(ours, "insufficient_balance")
+    assert balance["data"]["reason"] == "insufficient_balance"
+    [next_period] = flag(ours, "insufficient_balance", due_at=due + 30 * DAY)
+    assert next_period["data"]["due_at"] == due + 30 * DAY
+    # Without a reminder configuration (a producer pass that makes no reminders), none.
+    with engine.begin() as conn:
+        keeper_repo.save_risks(
+            conn,
+            mirror.chain_id,
+            mirror.manager,
+            [keeper_repo.RiskRow(ours, due + 60 * DAY, PRICE, "insufficient_balance")],
+            datetime.now(UTC),
+        )
+    assert produce_all(engine, mirror.chain_id).risk_warnings == 0
