@@ -9,17 +9,24 @@ SHA-256 of the session token is stored."""
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-import siwe
 from pydantic import ValidationError
 from requests.exceptions import RequestException
-from siwe.siwe import SchemeMismatch
 from sqlalchemy import Connection
 from web3 import Web3
 from web3.exceptions import Web3Exception
+
+with warnings.catch_warnings():
+    # siwe's EIP-4361 grammar, built on import, restates the ABNF core rules (ALPHA, LF,
+    # DIGIT, HEXDIG) and the abnf package warns about each: four lines of noise at every
+    # start of the gateway, about a library's grammar that parses as it should.
+    warnings.filterwarnings("ignore", message=r"rule '\w+' redefines", module="abnf")
+    import siwe
+    from siwe.siwe import SchemeMismatch
 
 from api.deps import SESSION_PREFIX, session_token_sha256
 from api.errors import ChainUnavailable, InvalidInput, Unauthenticated
