@@ -13,6 +13,7 @@ has sealed every secret again, dropping the old one. A stored value says how it 
 
 from __future__ import annotations
 
+import functools
 import os
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -31,8 +32,13 @@ class SealingError(RuntimeError):
 
 def _box() -> MultiFernet | None:
     configured = os.environ.get(SECRETS_KEY_ENV, "").strip()
-    if not configured:
-        return None
+    return _box_for(configured) if configured else None
+
+
+# Keyed by the variable's value, so a key rotated in the environment is used at once; the
+# cache spares parsing the keys again for every secret sealed or opened.
+@functools.lru_cache(maxsize=4)
+def _box_for(configured: str) -> MultiFernet:
     try:
         return MultiFernet([Fernet(key.strip()) for key in configured.split(",")])
     except (ValueError, TypeError) as exc:
