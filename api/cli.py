@@ -8,6 +8,7 @@ import typer
 
 from offchain.cli import app
 from offchain.cli_keys import keys_app
+from offchain.cli_support import fail
 from offchain.cli_webhooks import webhooks_app
 from offchain.webhooks.sealing import SealingError, check_key
 
@@ -28,8 +29,7 @@ def serve(
     try:
         check_key()
     except SealingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(exc) from exc
     uvicorn.run(
         "api.main:app_from_env",
         factory=True,
