@@ -169,7 +169,7 @@ class Keeper:
     def reconcile(self, head: Head, result: PassResult) -> None:
         with self.engine.connect() as conn:
             txs = repo.unresolved_transactions(conn, self.config.chain_id, self.chain.sender)
-        self._settle(txs, self.chain.sender, head, result, self._nudge_pending)
+        self._settle(txs, self.chain.sender, head, result, own=True)
 
     def settle_orphans(self, head: Head, result: PassResult) -> None:
         """The unresolved transactions of keys whose keeper is not running (a retired key):
@@ -185,7 +185,7 @@ class Keeper:
                     continue  # its keeper runs: they are its to settle
                 with self.engine.connect() as conn:
                     txs = repo.unresolved_transactions(conn, self.config.chain_id, sender)
-                self._settle(txs, sender, head, result, self._nudge_orphan)
+                self._settle(txs, sender, head, result, own=False)
 
     def _settle(
         self,
@@ -193,10 +193,11 @@ class Keeper:
         sender: str,
         head: Head,
         result: PassResult,
-        nudge: Callable[[KeeperTransaction, str, Any, Head, PassResult], None],
+        *,
+        own: bool,
     ) -> None:
-        """Brings `sender`'s unresolved transactions up to date with the node; `nudge`
-        handles those neither mined nor overtaken."""
+        """Brings `sender`'s unresolved transactions up to date with the node (`own`: the
+        key is this keeper's, and it can sign replacements)."""
         if not txs:
             return
         with self.engine.connect() as conn:
@@ -224,7 +225,7 @@ class Keeper:
                 )  # fmt: skip
                 self._drop(tx, result)
             else:
-                nudge(tx, attempts[tx.id][-1].raw_tx, attempts[tx.id][-1], head, result)
+                self._nudge(tx, attempts[tx.id][-1], head, result, own=own)
 
     def _drop(self, tx: KeeperTransaction, result: PassResult) -> None:
         with self.engine.begin() as conn:
@@ -299,35 +300,24 @@ class Keeper:
                 result.confirmed += 1
         result.mined += 1
 
-    def _nudge_pending(
-        self, tx: KeeperTransaction, raw: str, latest: Any, head: Head, result: PassResult
+    def _nudge(
+        self, tx: KeeperTransaction, latest: Any, head: Head, result: PassResult, *, own: bool
     ) -> None:
+        """A transaction neither mined nor overtaken, `latest` its last attempt."""
+        sent_here = tx.id in self._broadcast_here
         stuck = (
-            tx.broadcast_block is not None
+            sent_here
+            and tx.broadcast_block is not None
             and head.number - tx.broadcast_block >= self.config.replace_after_blocks
         )
-        if tx.id in self._broadcast_here and stuck:
+        if stuck and own:
             # Left out of blocks (or out of the node's pool: nodes evict transactions that
             # offer less than the base fee) for long enough: outbid it at the same nonce.
             fees = Fees(latest.max_fee_per_gas, latest.max_priority_fee_per_gas)
             self._replace(tx, fees, head, result)
-        elif tx.id not in self._broadcast_here or not self.chain.known_to_node(latest.tx_hash):
-            # Recorded by an earlier life of this keeper (maybe never sent), or lost by the
-            # node: the very same bytes again.
-            self._broadcast(tx.id, raw, head, keep_block=tx.broadcast_block is not None)
-            result.rebroadcast += 1
-
-    def _nudge_orphan(
-        self, tx: KeeperTransaction, raw: str, latest: Any, head: Head, result: PassResult
-    ) -> None:
-        stuck = (
-            tx.id in self._broadcast_here
-            and tx.broadcast_block is not None
-            and head.number - tx.broadcast_block >= self.config.replace_after_blocks
-        )
-        if stuck:
-            # Without its key it cannot be outbid. Giving its subscriptions back is safe:
-            # should it be mined after all, the contract charges no period twice.
+        elif stuck:
+            # Another key's cannot be outbid without that key. Giving its subscriptions back
+            # is safe: should it be mined after all, the contract charges no period twice.
             log.warning(
                 "keeper transaction %d of %s (whose keeper is not running) is not mined "
                 "%d blocks after it was sent again and cannot be replaced without that key; "
@@ -335,11 +325,13 @@ class Keeper:
                 tx.id, tx.sender, head.number - (tx.broadcast_block or head.number),
             )  # fmt: skip
             self._drop(tx, result)
-        elif tx.id not in self._broadcast_here or not self.chain.known_to_node(latest.tx_hash):
-            # Its keeper may have recorded it and died before sending, or the node lost it:
-            # the very same bytes (signed by that key) again. The stuck count runs from the
-            # first time this keeper sends it.
-            self._broadcast(tx.id, raw, head, keep_block=tx.id in self._broadcast_here)
+        elif not sent_here or not self.chain.known_to_node(latest.tx_hash):
+            # Recorded by an earlier life of its keeper (maybe never sent), or lost by the
+            # node: the very same bytes again. Ours keeps the block it was first sent in, so
+            # that it is replaced on time; another key's counts from when this keeper first
+            # sends it.
+            keep_block = tx.broadcast_block is not None if own else sent_here
+            self._broadcast(tx.id, latest.raw_tx, head, keep_block=keep_block)
             result.rebroadcast += 1
 
     def _replace(self, tx: KeeperTransaction, old: Fees, head: Head, result: PassResult) -> None:
