@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -48,6 +48,12 @@ class ProduceResult:
     deliveries: int = 0
     final_block: int | None = None
     event_ids: list[str] = field(default_factory=list)
+
+    def add(self, later: ProduceResult) -> None:
+        """Adds a later pass's counts and events to these; its final block is the newer."""
+        for name in (f.name for f in fields(self) if f.name != "final_block"):
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+        self.final_block = later.final_block
 
 
 def _wants(endpoint: WebhookEndpoint, event_type: str, final: bool) -> bool:

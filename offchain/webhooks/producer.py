@@ -185,14 +185,7 @@ def produce_all(engine: Engine, chain_id: int, **kwargs: Any) -> ProduceResult:
     while True:
         with engine.begin() as conn:
             result = produce(conn, chain_id, **kwargs)
-        total.final_events += result.final_events
-        total.unconfirmed_events += result.unconfirmed_events
-        total.reminders += result.reminders
-        total.risk_warnings += result.risk_warnings
-        total.canceled_deliveries += result.canceled_deliveries
-        total.deliveries += result.deliveries
-        total.event_ids += result.event_ids
-        total.final_block = result.final_block
+        total.add(result)
         with engine.connect() as conn:
             position = repo.indexer_position(conn, chain_id)
         if position is None or result.final_block is None or result.final_block >= position[1]:

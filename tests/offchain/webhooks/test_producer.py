@@ -11,12 +11,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine
 
 from offchain.db import keeper_repository as keeper_repo
 from offchain.db import webhook_repository as repo
 from offchain.db.models import Invoice, Plan, Subscription, WebhookDeliveryStatus
-from offchain.webhooks import endpoints
+from offchain.webhooks import endpoints, producer
 from offchain.webhooks.delivery import Deliverer
 from offchain.webhooks.producer import produce_all
 from offchain.webhooks.reminders import ReminderConfig, parse_days
@@ -32,6 +33,34 @@ def _types(engine: Engine, **where: Any) -> list[tuple[str, bool]]:
     with engine.connect() as conn:
         events = repo.list_events(conn)
     return [(e.type, e.final) for e in events if all(getattr(e, k) == v for k, v in where.items())]
+
+
+def test_a_backfill_in_several_passes_reports_what_all_of_them_made(
+    engine: Engine,
+    mirror: Mirror,
+    chain: Any,
+    merchant: Any,
+    issue: Callable[..., bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One call covers the finalized blocks in passes of `MAX_BLOCKS_PER_PASS`; its result
+    adds up every pass (counts and event ids) and ends at the last pass's block."""
+    with engine.begin() as conn:
+        endpoints.create_endpoint(conn, merchant.address, "https://crm.example.com/hooks")
+    for number in ("A", "B", "C"):
+        issue(number=number)  # a block each
+    chain.mine(3)
+    mirror.sync()
+    monkeypatch.setattr(producer, "MAX_BLOCKS_PER_PASS", 1)
+    made = produce_all(engine, mirror.chain_id)
+    with engine.connect() as conn:
+        stored = repo.list_events(conn)
+        _last, finalized = repo.indexer_position(conn, mirror.chain_id) or (0, -1)
+        delivery_count = len(repo.list_deliveries(conn, None))
+    assert [e.type for e in stored] == ["invoice.issued"] * 3
+    assert sorted(made.event_ids) == sorted(e.event_id for e in stored)
+    assert (made.final_events, made.deliveries) == (3, delivery_count) == (3, 3)
+    assert made.final_block == finalized
 
 
 def test_unconfirmed_events_go_to_opted_in_endpoints_and_never_claim_finality(
